@@ -1,0 +1,41 @@
+"""Shared fixtures: the reference data in ../shared (read in place, never copied) and small
+synthetic runs generated once per test session."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from training.synthetic.generate import GenerateConfig, generate
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MLCU_SHARED", REPO.parent / "shared"))
+
+
+def _shared(sub: str, pattern: str) -> list[Path]:
+    files = sorted((SHARED / "data" / sub).glob(pattern))
+    if not files:
+        if os.environ.get("MLCU_REQUIRE_SHARED"):
+            pytest.fail(f"reference data missing: {SHARED / 'data' / sub}/{pattern}")
+        pytest.skip(f"reference data not present at {SHARED / 'data' / sub}")
+    return files
+
+
+@pytest.fixture(scope="session")
+def oracle_files():
+    return _shared("mskf_oracle", "wrfout_oracle_*.nc")
+
+
+@pytest.fixture(scope="session")
+def ideal_files():
+    return _shared("wrf_ideal", "wrfout_d01_*")
+
+
+SMALL = dict(nx=12, ny=12, dx=[3000.0, 25000.0], run_minutes=30.0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_files(tmp_path_factory):
+    """Two small runs (3 and 25 km), four history times each."""
+    cfg = GenerateConfig.from_yaml(REPO / "configs" / "generate.yaml", **SMALL)
+    return generate(cfg, tmp_path_factory.mktemp("synthetic"), progress=False)

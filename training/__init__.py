@@ -1,0 +1,1 @@
+"""Offline pipelines over WRF netCDF output: reading, synthetic data, preparation, training, evaluation."""

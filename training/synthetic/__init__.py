@@ -1,0 +1,1 @@
+"""Synthetic WRF history files with convective labels from our own reference scheme."""
