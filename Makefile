@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data/synthetic
+STORE ?= data/store
 # System packages: Fortran compiler, an MPI, netCDF-Fortran, Python headers and venv.
 APT_PACKAGES := gfortran openmpi-bin libopenmpi-dev libnetcdff-dev netcdf-bin \
                 python3-dev python3-venv pkg-config
@@ -38,12 +39,15 @@ $(VENV)/.installed: pyproject.toml | system-deps
 
 demo: setup
 	$(VENV)/bin/mlcu generate --config configs/generate.yaml --out $(DATA)
+	$(VENV)/bin/mlcu prepare --config configs/prepare.yaml --input '$(DATA)/*/wrfout_d01_*' \
+	  --out $(STORE) --overwrite
 
 test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup
 	$(PY) bench/bench_generate.py
+	$(PY) bench/bench_prepare.py
 
 clean:
-	rm -rf $(DATA) .pytest_cache
+	rm -rf $(DATA) $(STORE) .pytest_cache

@@ -175,6 +175,7 @@ def default_contract() -> Contract:
         Variable("PI_PHY", "1", "mass", "exner", "Exner function of full pressure"),
         Variable("RHO", "kg m-3", "mass", "density", "moist air density"),
         Variable("DZ8W", "m", "mass", "layer_thickness", "thickness of the layer between full levels"),
+        Variable("Z_AGL", "m", "mass", "height_above_ground", "height of mass levels above ground"),
         Variable("HFX", "W m-2", "surface", FIELD, "upward surface sensible heat flux"),
         Variable("UST", "m s-1", "surface", FIELD, "friction velocity"),
         Variable("PBLH", "m", "surface", FIELD, "planetary boundary layer height"),

@@ -128,6 +128,14 @@ def _dz8w(ds):
     return upper - lower
 
 
+def _height_above_ground(ds):
+    z = _height_w(ds)
+    n = z.sizes["bottom_top_stag"]
+    upper = z.isel(bottom_top_stag=slice(1, n)).rename(bottom_top_stag="bottom_top")
+    lower = z.isel(bottom_top_stag=slice(0, n - 1)).rename(bottom_top_stag="bottom_top")
+    return 0.5 * (upper + lower) - z.isel(bottom_top_stag=0)
+
+
 def _zol(ds):
     z_w = _height_w(ds)
     z1 = 0.5 * (z_w.isel(bottom_top_stag=1) - z_w.isel(bottom_top_stag=0))
@@ -196,6 +204,12 @@ RECIPES: dict[str, Recipe] = {
             "(PH + PHB)[k+1] / g - (PH + PHB)[k] / g",
             (PH_SRC, PHB_SRC),
             _dz8w,
+        ),
+        Recipe(
+            "height_above_ground",
+            "0.5 * ((PH + PHB)[k] + (PH + PHB)[k+1]) / g - (PH + PHB)[0] / g",
+            (PH_SRC, PHB_SRC),
+            _height_above_ground,
         ),
         Recipe(
             "obukhov_zol",

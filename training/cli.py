@@ -27,6 +27,18 @@ def _generate(args) -> int:
     return 0
 
 
+def _prepare(args) -> int:
+    from training.prepare import PrepareConfig, format_report, prepare
+
+    cfg = PrepareConfig.load(args.config, args.set, input=args.input, out=args.out,
+                             scheduler=args.scheduler, workers=args.workers,
+                             fail_fast=args.fail_fast, overwrite=args.overwrite)
+    report = prepare(cfg)
+    print(format_report(report))
+    print(f"store: {cfg.out} (report.json, stats.json, store.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlcu", description="Machine-learned cumulus scheme for WRF: data, model, runtime.")
@@ -47,6 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--run-minutes", type=float, help="simulated minutes per run")
     gen.add_argument("--quiet", action="store_true", help="no progress bars")
     gen.set_defaults(func=_generate)
+
+    prep = sub.add_parser(
+        "prepare", help="turn wrfout files into a sharded zarr training store",
+        description="Read WRF history files (globs or a manifest listing them) lazily with "
+                    "xarray and dask, keep the columns the cumulus scheme freshly computed, "
+                    "split them by file or time block, and write zarr shards with provenance "
+                    "and normalisation statistics. A killed job resumes where it stopped.")
+    prep.add_argument("--input", nargs="+", metavar="GLOB",
+                      help="wrfout globs, or @FILE / FILE.txt listing one path per line")
+    prep.add_argument("--out", help="store folder")
+    prep.add_argument("--config", type=Path, help="YAML settings (see configs/prepare.yaml)")
+    prep.add_argument("--scheduler", help="'local' (default: a local dask cluster), "
+                                          "'synchronous', or a dask scheduler address")
+    prep.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
+    prep.add_argument("--fail-fast", action="store_true",
+                      help="stop at the first unreadable file or failed unit instead of skipping it")
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override any setting, e.g. --set split.method=time_blocks")
+    prep.set_defaults(func=_prepare)
     return parser
 
 
@@ -54,7 +86,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (WrfoutError, ContractError, ValueError, FileNotFoundError) as err:
+    except (WrfoutError, ContractError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"mlcu {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -23,8 +23,9 @@ _DIMENSIONLESS = {"", "1", "-", "dimensionless"}
 class WrfoutError(ValueError):
     """A wrfout file that cannot be used: names the file, the variable and the problem."""
 
-    def __init__(self, path, variable: str | None, problem: str):
+    def __init__(self, path, variable: str | None, problem: str, unreadable: bool = False):
         self.path, self.variable, self.problem = str(path), variable, problem
+        self.unreadable = unreadable  # the file itself is absent, corrupt or truncated
         where = f"{self.path}: variable {variable}" if variable else self.path
         super().__init__(f"{where}: {problem}")
 
@@ -100,33 +101,50 @@ def _times(ds: xr.Dataset) -> np.ndarray:
 
 
 def open_wrfout(path, contract: Contract | None = None, *, outputs: bool = True,
-                chunks: dict | None = None) -> xr.Dataset:
+                extras: tuple[str, ...] = (), chunks: dict | None = {"Time": 1},
+                time: int | None = None) -> xr.Dataset:
     """Open one WRF history file and return the contract's variables (lazily).
 
+    Variables are dask arrays chunked per time by default; ``chunks=None`` keeps xarray's own
+    lazy indexing instead (inside a dask task, where nested dask graphs must be avoided).
     The result has WRF's dimension names, a ``Time`` coordinate decoded from ``Times``, the
     file's DX and DT as attributes, and the contract bound to the file's level count in
     ``attrs['contract']`` (JSON). ``outputs=False`` reads the model inputs only (files without
-    cumulus fields).
+    cumulus fields); ``extras`` names raw fields passed through when the file has them;
+    ``time`` selects one history time (index) before anything is derived, so only that slice
+    is ever read.
     """
     contract = contract or default_contract()
     path = Path(path)
     if not path.is_file():
-        raise WrfoutError(path, None, "no such file")
+        raise WrfoutError(path, None, "no such file", unreadable=True)
     try:
         ds = xr.open_dataset(path, engine="netcdf4", decode_times=False, decode_coords=False,
-                             chunks=chunks if chunks is not None else {"Time": 1})
+                             chunks=chunks)
     except Exception as err:  # netCDF/HDF5 raise assorted types for corrupt files
-        raise WrfoutError(path, None, f"cannot be read as netCDF ({type(err).__name__}: {err})") from None
+        raise WrfoutError(path, None, f"cannot be read as netCDF ({type(err).__name__}: {err})",
+                          unreadable=True) from None
     n_levels = _check_grid(ds, path)
     bound = contract.with_levels(n_levels)
     wanted = bound.inputs + (bound.outputs if outputs else ())
+    if time is not None:
+        # One time slice: read every field the recipes use once, up front, rather than
+        # lazily again in each recipe that needs it.
+        names = {src.name for var in wanted for src in var.sources} | set(extras) | {"Times"}
+        names |= {RECIPES[v.recipe].prefer.name for v in wanted
+                  if v.recipe in RECIPES and RECIPES[v.recipe].prefer is not None}
+        ds = ds[sorted(n for n in names if n in ds.variables)].isel(Time=[time]).load()
     data, attrs = {}, {"source": str(path), "contract": bound.to_json()}
     for var in wanted:
         if var.recipe == GLOBAL_ATTRIBUTE:
             attrs[var.name] = _global(ds, path, var.name)
             continue
-        data[var.name] = _build(ds, path, var, bound).astype("float32")
+        data[var.name] = _build(ds, path, var, bound)
         data[var.name].attrs = {"units": var.units, "description": var.description}
+    for name in extras:
+        if name in ds.variables:
+            data[name] = ds[name]
     attrs["DT"] = _global(ds, path, "DT")
+    attrs.update({k: ds.attrs[k] for k in ("CUDT", "STEPCU") if k in ds.attrs})
     out = xr.Dataset(data, attrs=attrs)
     return out.assign_coords(Time=("Time", _times(ds)))
