@@ -175,6 +175,23 @@ def test_corrupt_file_is_skipped_or_stops_the_job(synthetic_files, tmp_path):
     assert "cannot be read as netCDF" in report["files"]["skipped"][0]["error"]
     with pytest.raises(ValueError, match="wrfout_d01_broken: cannot be read"):
         prepare(config(inputs, tmp_path / "store2", fail_fast=True))
+
+    # Damaged data with an intact header: found when read, that unit is reported and skipped.
+    from training.synthetic.generate import GenerateConfig, generate
+
+    big = generate(GenerateConfig(nx=32, ny=32, dx=[25000.0], run_minutes=10), tmp_path / "big",
+                   progress=False)[1]
+    damaged = bytearray(big.read_bytes())
+    damaged[len(damaged) // 2: len(damaged) // 2 + 20000] = bytes(20000)
+    corrupt = tmp_path / "wrfout_d01_corrupt"
+    corrupt.write_bytes(bytes(damaged))
+    report = prepare(config([synthetic_files[2], corrupt], tmp_path / "store4"))
+    assert report["files"]["read"] == 2
+    assert report["units"]["done"] == 1 and len(report["units"]["failed"]) == 1
+    assert "wrfout_d01_corrupt: data of time 0 cannot be read" in report["units"]["failed"][0]["error"]
+    assert report["columns"]["total"]["columns"] == 144
+    with pytest.raises(RuntimeError, match="--fail-fast.*wrfout_d01_corrupt"):
+        prepare(config([synthetic_files[2], corrupt], tmp_path / "store5", fail_fast=True))
     out = subprocess.run([MLCU, "prepare", "--input", str(broken), str(synthetic_files[0]),
                           "--out", str(tmp_path / "store3"), "--fail-fast",
                           "--scheduler", "synchronous"], capture_output=True, text=True)

@@ -291,7 +291,7 @@ def prepare(cfg: PrepareConfig, contract: Contract | None = None) -> dict:
         skipped = _check_scans(scans, cfg.fail_fast)
         first = next(s for s in scans if "error" not in s)
         bound = contract.with_levels(first["n_levels"])
-        open_wrfout(first["path"], bound, chunks=None)  # fail fast on a missing variable
+        open_wrfout(first["path"], bound)  # fail fast on a missing variable (reads no data)
         batches = _plan(scans, cfg.split, cfg.shard_columns)
         job = {"files": files, "settings": job_settings, "contract": bound.to_dict()}
         store.begin(job, overwrite=cfg.overwrite)

@@ -133,7 +133,11 @@ def open_wrfout(path, contract: Contract | None = None, *, outputs: bool = True,
         names = {src.name for var in wanted for src in var.sources} | set(extras) | {"Times"}
         names |= {RECIPES[v.recipe].prefer.name for v in wanted
                   if v.recipe in RECIPES and RECIPES[v.recipe].prefer is not None}
-        ds = ds[sorted(n for n in names if n in ds.variables)].isel(Time=[time]).load()
+        try:
+            ds = ds[sorted(n for n in names if n in ds.variables)].isel(Time=[time]).load()
+        except (OSError, RuntimeError) as err:  # HDF5 reports corrupt data only when read
+            raise WrfoutError(path, None, f"data of time {time} cannot be read ({err})",
+                              unreadable=True) from None
     data, attrs = {}, {"source": str(path), "contract": bound.to_json()}
     for var in wanted:
         if var.recipe == GLOBAL_ATTRIBUTE:
