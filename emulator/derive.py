@@ -120,20 +120,23 @@ def _height_w(ds):
     return (ds["PH"] + ds["PHB"]) / c.G
 
 
-def _dz8w(ds):
+def _layer_bounds(ds):
+    """Heights of the lower and upper full levels of every mass level."""
     z = _height_w(ds)
     n = z.sizes["bottom_top_stag"]
     upper = z.isel(bottom_top_stag=slice(1, n)).rename(bottom_top_stag="bottom_top")
     lower = z.isel(bottom_top_stag=slice(0, n - 1)).rename(bottom_top_stag="bottom_top")
+    return lower, upper, z.isel(bottom_top_stag=0)
+
+
+def _dz8w(ds):
+    lower, upper, _ = _layer_bounds(ds)
     return upper - lower
 
 
 def _height_above_ground(ds):
-    z = _height_w(ds)
-    n = z.sizes["bottom_top_stag"]
-    upper = z.isel(bottom_top_stag=slice(1, n)).rename(bottom_top_stag="bottom_top")
-    lower = z.isel(bottom_top_stag=slice(0, n - 1)).rename(bottom_top_stag="bottom_top")
-    return 0.5 * (upper + lower) - z.isel(bottom_top_stag=0)
+    lower, upper, ground = _layer_bounds(ds)
+    return 0.5 * (upper + lower) - ground
 
 
 def _zol(ds):

@@ -36,6 +36,9 @@ def test_reads_every_oracle_file_with_wrf_derivations(oracle_files):
         np.testing.assert_allclose(rho.values, raw.RHO.values, rtol=2e-5)
         np.testing.assert_allclose(ds.U_PHY.values, 0.5 * (raw.U.values[..., 1:] + raw.U.values[..., :-1]))
         assert (ds.DZ8W.values > 0).all()
+        # Heights of mass levels lie half a layer above the layer bottoms.
+        tops = ds.DZ8W.cumsum("bottom_top")
+        np.testing.assert_allclose(ds.Z_AGL.values, (tops - 0.5 * ds.DZ8W).values, rtol=1e-4, atol=0.01)
         trigger = (raw.ORACLE_TRIGGER > 0).values
         np.testing.assert_array_equal(ds.TRIGGER.values > 0, trigger)
         assert ds.attrs["contract"] == contract.with_levels(44).to_json()
