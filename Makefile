@@ -8,6 +8,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data/synthetic
 STORE ?= data/store
+RUN ?= data/run
+REPORT ?= data/report
 # System packages: Fortran compiler, an MPI, netCDF-Fortran, Python headers and venv.
 APT_PACKAGES := gfortran openmpi-bin libopenmpi-dev libnetcdff-dev netcdf-bin \
                 python3-dev python3-venv pkg-config
@@ -41,6 +43,10 @@ demo: setup
 	$(VENV)/bin/mlcu generate --config configs/generate.yaml --out $(DATA)
 	$(VENV)/bin/mlcu prepare --config configs/prepare.yaml --input '$(DATA)/*/wrfout_d01_*' \
 	  --out $(STORE) --overwrite
+	rm -rf $(RUN) $(REPORT)
+	$(VENV)/bin/mlcu train --config configs/train.yaml --store $(STORE) --out $(RUN) \
+	  --set epochs=4 --set model.hidden=32 --set model.column_hidden=32
+	$(VENV)/bin/mlcu evaluate --model $(RUN) --store $(STORE) --split validation --out $(REPORT)
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -48,6 +54,7 @@ test: setup
 bench: setup
 	$(PY) bench/bench_generate.py
 	$(PY) bench/bench_prepare.py
+	$(PY) bench/bench_train.py
 
 clean:
-	rm -rf $(DATA) $(STORE) .pytest_cache
+	rm -rf $(DATA) $(STORE) $(RUN) $(REPORT) .pytest_cache

@@ -161,7 +161,8 @@ def _tendency(name, units, what, iofields):
 
 
 def default_contract() -> Contract:
-    """The default inputs (what MSKF reads, plus DX) and outputs (all WRF takes from MSKF)."""
+    """The default inputs (what MSKF reads, DX and DT among them) and outputs (all WRF takes
+    from MSKF)."""
     inputs = (
         Variable("U_PHY", "m s-1", "mass", "destagger_x", "x-wind at mass points"),
         Variable("V_PHY", "m s-1", "mass", "destagger_y", "y-wind at mass points"),
@@ -182,6 +183,7 @@ def default_contract() -> Contract:
         Variable("ZOL", "1", "surface", "obukhov_zol", "surface-layer stability z/L"),
         Variable("XLAND", "1", "surface", FIELD, "land mask: 1 land, 2 water"),
         Variable("DX", "m", "scalar", GLOBAL_ATTRIBUTE, "horizontal grid spacing (scale awareness)"),
+        Variable("DT", "s", "scalar", GLOBAL_ATTRIBUTE, "model time step (NCA is whole steps)"),
     )
     outputs = (
         Variable("TRIGGER", "1", "surface", "activated", "1 where the scheme is active in the column"),

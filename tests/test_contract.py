@@ -26,7 +26,7 @@ def test_json_carries_units_levels_and_derivation():
 def test_default_inputs_cover_what_the_scheme_reads():
     names = default_contract().input_names
     for required in ["T_PHY", "QVAPOR", "P_HYD", "W", "W0AVG", "DZ8W", "RHO", "PI_PHY",
-                     "U_PHY", "V_PHY", "HFX", "UST", "PBLH", "ZOL", "XLAND", "DX"]:
+                     "U_PHY", "V_PHY", "HFX", "UST", "PBLH", "ZOL", "XLAND", "DX", "DT"]:
         assert required in names
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,6 +37,36 @@ def _prepare(args) -> int:
     report = prepare(cfg)
     print(format_report(report))
     print(f"store: {cfg.out} (report.json, stats.json, store.json)")
+    return 0
+
+
+def _train(args) -> int:
+    import dataclasses
+
+    import yaml
+
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig.load(args.config, args.set)
+    text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=True)
+    last = train(cfg, args.store, args.out, text, init_from=args.init_from, progress=not args.quiet)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run: {args.out} (best.pt, checkpoint.pt, metrics.csv); last epoch: "
+              + ", ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from training.evaluate import evaluate
+
+    report = evaluate(args.model, args.store, args.split, args.out)
+    for name, res in report["results"].items():
+        reg = res["regression"]
+        r2 = {v: reg[v]["triggered"]["pooled"]["r2"] for v in ("RTHCUTEN", "RQVCUTEN", "PRATEC")}
+        f1 = res["trigger"]["f1"]
+        print(f"{name}: trigger F1 {f1 if f1 is None else round(f1, 4)}; pooled R2 on triggered "
+              "columns " + ", ".join(f"{v} {x if x is None else round(x, 4)}" for v, x in r2.items()))
+    print(f"report: {args.out}/report.md")
     return 0
 
 
@@ -79,6 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override any setting, e.g. --set split.method=time_blocks")
     prep.set_defaults(func=_prepare)
+
+    tr = sub.add_parser(
+        "train", help="train the Bi-LSTM emulator on a training store",
+        description="Train (or resume, when RUN_DIR holds a run with the same settings) the "
+                    "emulator on the train split of a store, validating every epoch. Runs "
+                    "data-parallel under torchrun.")
+    tr.add_argument("--config", type=Path, help="YAML settings (configs/train.yaml, "
+                                                "configs/seed-baseline.yaml)")
+    tr.add_argument("--store", required=True, help="training store (mlcu prepare)")
+    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("--init-from", help="warm start from the best weights of this run folder")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any setting, e.g. --set epochs=5 --set model.hidden=32")
+    tr.add_argument("--quiet", action="store_true", help="no progress output")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="score trained models on a store split and write a report",
+        description="Predict a split of a training store with one or more trained models and "
+                    "write one report comparing them (Markdown, JSON, PNG plots).")
+    ev.add_argument("--model", nargs="+", required=True, metavar="RUN_DIR",
+                    help="run folders of mlcu train; several are compared side by side")
+    ev.add_argument("--store", required=True, help="training store")
+    ev.add_argument("--split", default="validation", help="split to score (default validation)")
+    ev.add_argument("--out", required=True, help="report folder")
+    ev.set_defaults(func=_evaluate)
     return parser
 
 

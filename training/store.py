@@ -189,9 +189,12 @@ def pack(columns: dict, contract: Contract) -> xr.Dataset:
     return xr.Dataset(data)
 
 
-def open_shard(path) -> xr.Dataset:
-    """A shard as one lazy variable per name (the inverse of ``pack``)."""
+def open_shard(path, rows: slice | None = None) -> xr.Dataset:
+    """A shard as one variable per name (the inverse of ``pack``): lazy, or with ``rows`` the
+    packed arrays of those rows read once and unpacked in memory."""
     packed = xr.open_zarr(path, consolidated=False)
+    if rows is not None:
+        packed = packed.isel(sample=rows).load()
     out = {}
     for group, vdim in (("mass", "mass_variable"), ("w", "w_variable"), ("column", "column_variable"),
                         ("provenance", "provenance_field")):

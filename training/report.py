@@ -1,0 +1,194 @@
+"""Evaluation report of one or more models scored on the same data: JSON, Markdown and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+PLOTS = {"profiles.png": "Mean profiles of triggered columns",
+         "r2_per_level.png": "R2 per level on triggered columns",
+         "pratec_scatter.png": "Convective precipitation rate",
+         "trigger_confusion.png": "Trigger confusion matrices"}
+
+
+def _jsonable(obj):
+    """Plain Python copy of obj: numpy converted, keys as strings, NaN and Inf as None."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _get(d, *keys):
+    for key in keys:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _fmt(value, spec=".3g"):
+    return "n/a" if value is None else format(value, spec)
+
+
+def _floats(values):
+    """Float array with None as NaN, which matplotlib leaves out."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def _union(dicts):
+    """Keys of all dicts, in order of first appearance."""
+    return list(dict.fromkeys(k for d in dicts for k in (d or {})))
+
+
+def _markdown(title, results):
+    models = list(results)
+    variables = _union(_get(r, "regression") for r in results.values())
+    thresholds = _union(_get(r, "precipitation", "ets") for r in results.values())
+    lines = [f"# {title}", "", "## Tendencies on triggered columns (pooled R2 / RMSE)", ""]
+    lines += _table(["Variable"] + models, [
+        [v] + [f"{_fmt(_get(results[m], 'regression', v, 'triggered', 'pooled', 'r2'))} / "
+               f"{_fmt(_get(results[m], 'regression', v, 'triggered', 'pooled', 'rmse'))}"
+               for m in models] for v in variables])
+    keys = ["accuracy", "precision", "recall", "f1", "csi"]
+    lines += ["## Trigger", ""] + _table(["Model", "Accuracy", "Precision", "Recall", "F1", "CSI"], [
+        [m] + [_fmt(_get(results[m], "trigger", k), ".3f") for k in keys] for m in models])
+    lines += ["## Precipitation", ""] + _table(
+        ["Model", "R2", "Bias (mm/h)"] + [f"ETS >= {t} mm/h" for t in thresholds],
+        [[m, _fmt(_get(results[m], "precipitation", "r2"), ".3f"),
+          _fmt(_get(results[m], "precipitation", "bias_mm_per_h"))]
+         + [_fmt(_get(results[m], "precipitation", "ets", t), ".3f") for t in thresholds]
+         for m in models])
+    lines += ["## NCA", ""] + _table(["Model", "Within one step", "Mean abs error (steps)", "Columns"], [
+        [m, _fmt(_get(results[m], "nca", "within_one_step_fraction"), ".1%"),
+         _fmt(_get(results[m], "nca", "mean_abs_steps")), _fmt(_get(results[m], "nca", "n"), "d")]
+        for m in models])
+    lines += ["## Physics", ""] + _table(
+        ["Model", "Water residual mean abs (mm/h)", "Water residual p99 abs (mm/h)",
+         "Negative water fraction"],
+        [[m, _fmt(_get(results[m], "physics", "water_budget_residual_mm_per_h", "mean_abs")),
+          _fmt(_get(results[m], "physics", "water_budget_residual_mm_per_h", "p99_abs")),
+          _fmt(_get(results[m], "physics", "negative_water_fraction"), ".2%")] for m in models])
+    lines += ["## Plots", ""] + [f"![{text}]({name})" for name, text in PLOTS.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _panels(n, width=3.5, height=4.0, ncols=4):
+    ncols = max(1, min(n, ncols))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_profiles(profiles, path):
+    variables = _union(profiles.values())
+    fig, axes = _panels(len(variables))
+    for ax, var in zip(axes, variables):
+        truth_drawn = False
+        for model, by_var in profiles.items():
+            if var not in by_var:
+                continue
+            p = _floats(by_var[var]["pressure_hPa"])
+            if not truth_drawn:
+                ax.plot(_floats(by_var[var]["truth_mean"]), p, "k-", lw=2, label="truth")
+                truth_drawn = True
+            ax.plot(_floats(by_var[var]["pred_mean"]), p, "--", label=model)
+        ax.axvline(0.0, color="0.8", lw=0.8)
+        ax.invert_yaxis()
+        ax.set(title=var, xlabel="mean over triggered columns", ylabel="pressure (hPa)")
+        ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def _plot_r2(results, profiles, path):
+    variables = _union(_get(r, "regression") for r in results.values())
+    fig, axes = _panels(len(variables))
+    for ax, var in zip(axes, variables):
+        on_pressure = False
+        for model, res in results.items():
+            r2 = _get(res, "regression", var, "triggered", "per_level", "r2")
+            if r2 is None:
+                continue
+            pressure = _get(profiles, model, var, "pressure_hPa")
+            on_pressure = pressure is not None and len(pressure) == len(r2)
+            y = _floats(pressure) if on_pressure else np.arange(len(r2))
+            ax.plot(np.clip(_floats(r2), -1.0, 1.0), y, "o-", ms=3, label=model)
+        if on_pressure:
+            ax.invert_yaxis()
+        ax.set(title=var, xlabel="R2 (clipped at -1)", xlim=(-1.05, 1.05),
+               ylabel="pressure (hPa)" if on_pressure else "level")
+        ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def _plot_scatter(scatter, path):
+    fig, axes = _panels(len(scatter), width=4.0)
+    for ax, (model, xy) in zip(axes, scatter.items()):
+        truth, pred = np.asarray(xy["truth"], float), np.asarray(xy["pred"], float)
+        ok = np.isfinite(truth) & np.isfinite(pred)
+        ax.scatter(truth[ok], pred[ok], s=4, alpha=0.4)
+        top = max(float(np.max(truth[ok], initial=0.0)), float(np.max(pred[ok], initial=0.0)), 1e-3)
+        ax.plot([0.0, top], [0.0, top], "k--", lw=1, label="1:1")
+        ax.set(title=model, xlabel="truth PRATEC (mm/h)", ylabel="predicted PRATEC (mm/h)")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.legend(fontsize="small")
+    _save(fig, path)
+
+
+def _plot_confusion(results, path):
+    fig, axes = _panels(len(results), width=3.5, height=3.2)
+    for ax, (model, res) in zip(axes, results.items()):
+        counts = np.array(_get(res, "trigger", "confusion") or [[0, 0], [0, 0]])
+        ax.imshow(counts, cmap="Blues", vmin=0)
+        for (i, j), n in np.ndenumerate(counts):
+            ax.text(j, i, f"{n:d}", ha="center", va="center",
+                    color="white" if n > 0.6 * counts.max() else "black")
+        ax.set(title=model, xticks=[0, 1], yticks=[0, 1], xticklabels=["no", "yes"],
+               yticklabels=["no", "yes"], xlabel="predicted trigger", ylabel="true trigger")
+    _save(fig, path)
+
+
+def write_report(out_dir, results: dict, profiles: dict, scatter: dict, title: str) -> dict:
+    """Write report.json, report.md and the PNG plots of PLOTS into out_dir; return the JSON dict.
+
+    results: model -> scores (see training.metrics); profiles: model -> variable ->
+    {pressure_hPa, truth_mean, pred_mean}; scatter: model -> {truth, pred} PRATEC in mm/h.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = _jsonable({"title": title, "models": list(results),
+                        "results": results, "profiles": profiles})
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.md").write_text(_markdown(title, report["results"]))
+    _plot_profiles(report["profiles"], out / "profiles.png")
+    _plot_r2(report["results"], report["profiles"], out / "r2_per_level.png")
+    _plot_scatter(scatter, out / "pratec_scatter.png")
+    _plot_confusion(report["results"], out / "trigger_confusion.png")
+    return report

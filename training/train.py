@@ -1,0 +1,283 @@
+"""``mlcu train``: a batch training job for the emulator on a training store.
+
+A run folder holds everything needed to rebuild, resume or evaluate the model::
+
+    config.yaml       the settings the run was started with (a restart must match them)
+    model.json        contract, normalisation statistics and model settings
+    checkpoint.pt     the last finished epoch: weights, optimiser, schedule, early stopping,
+                      random state, metrics history (written atomically)
+    best.pt           weights of the epoch with the lowest validation loss
+    metrics.csv/.json one row per epoch
+
+A job killed at any point and started again with the same command resumes from the last
+checkpoint; data order depends only on (seed, epoch), so it ends with the same weights as an
+uninterrupted run. Under ``torchrun`` the job runs data-parallel (DDP; gloo on CPU, NCCL on
+GPU); rank 0 writes. On a GPU the forward pass runs in bfloat16 autocast.
+
+Loss: binary cross-entropy of the trigger logit (weight ``trigger_weight``) plus the weighted
+mean over output variables of the regression error (``mse`` or ``mae``) in normalised units,
+over the triggered columns of the batch only (``variable_weights`` per variable, default 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from tqdm import tqdm
+
+from emulator.contract import Contract
+from emulator.model import CumulusLSTM, ModelConfig, count_parameters
+from training.data import ColumnBatches
+from training.store import Store
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 1
+    epochs: int = 40
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    min_learning_rate: float = 5e-5
+    weight_decay: float = 1e-5
+    patience: int = 8
+    loss: str = "mse"  # mse | mae
+    trigger_weight: float = 1.0
+    variable_weights: dict = field(default_factory=dict)
+    block_size: int = 4096
+    train_fraction: float = 1.0  # of the training files (learning curves)
+    threads: int = 0  # torch CPU threads per process; 0 = torch's default
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @classmethod
+    def load(cls, path=None, sets=()) -> "TrainConfig":
+        raw = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+        for item in sets:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            node = raw
+            *parents, leaf = key.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = yaml.safe_load(value)
+        model = raw.pop("model", {}) or {}
+        unknown = (set(raw) - set(cls.__dataclass_fields__)) | {f"model.{k}" for k in set(model) - set(ModelConfig.__dataclass_fields__)}
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}")
+        cfg = cls(**raw, model=ModelConfig(**model))
+        if cfg.loss not in ("mse", "mae"):
+            raise ValueError(f"loss must be mse or mae, got {cfg.loss!r}")
+        return cfg
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def build_model(run_dir: Path, weights: str = "best.pt") -> CumulusLSTM:
+    """The trained model of a run folder."""
+    spec = json.loads((Path(run_dir) / "model.json").read_text())
+    model = CumulusLSTM(Contract.from_dict(spec["contract"]), spec["stats"], ModelConfig(**spec["model"]))
+    state = torch.load(Path(run_dir) / weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"] if "model" in state else state)
+    return model.eval()
+
+
+def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig) -> tuple:
+    trigger = model.trigger
+    truth = batch[trigger]
+    loss_trigger = torch.nn.functional.binary_cross_entropy_with_logits(out[trigger], truth)
+    # Mean over triggered columns (and levels), written as a weighted sum so that every
+    # parameter takes part in every step, as data-parallel training requires.
+    mask = (truth > 0.5).float()
+    denominator = mask.sum().clamp(min=1.0)
+    regression = out[trigger].new_zeros(())
+    weight_sum = 0.0
+    for name in model.level_outputs + model.column_outputs:
+        err = out[name] - batch[name] / model.scale_of(name)
+        per_column = err.abs() if cfg.loss == "mae" else err.square()
+        if per_column.dim() == 2:
+            per_column = per_column.mean(dim=1)
+        w = cfg.variable_weights.get(name, 1.0)
+        regression = regression + w * (per_column * mask).sum() / denominator
+        weight_sum += w
+    regression = regression / weight_sum
+    return cfg.trigger_weight * loss_trigger + regression, loss_trigger, regression
+
+
+def _select_files(store: Store, fraction: float, seed: int) -> set | None:
+    if fraction >= 1.0:
+        return None
+    files = sorted({fid for b in store.manifest()["batches"] if b["split"] == "train"
+                    for fid, _ in b["units"]})
+    rng = np.random.default_rng(seed)
+    keep = max(1, int(round(fraction * len(files))))
+    return set(rng.permutation(files)[:keep].tolist())
+
+
+@torch.no_grad()
+def validate(model: CumulusLSTM, batches, cfg: TrainConfig) -> dict:
+    """Validation loss and headline scores (trigger F1, pooled R2 of main variables)."""
+    model.eval()
+    totals = np.zeros(3)
+    n = 0
+    trig_true, trig_pred = [], []
+    sums = {k: np.zeros(3) for k in ("RTHCUTEN", "RQVCUTEN", "PRATEC")}  # sse, sum, sum2
+    counts = dict.fromkeys(sums, 0)
+    for batch in batches:
+        out = model(batch)
+        terms = loss_terms(model, out, batch, cfg)
+        b = len(batch[model.trigger])
+        totals += b * np.array([float(t) for t in terms])
+        n += b
+        truth = batch[model.trigger].numpy() > 0.5
+        trig_true.append(truth)
+        trig_pred.append(out[model.trigger].numpy() > 0)
+        phys = model.physical(out)
+        for name in sums:
+            t = batch[name].numpy()[truth].ravel().astype(np.float64)
+            p = phys[name].numpy()[truth].ravel()
+            sums[name] += [np.sum((p - t) ** 2), t.sum(), np.sum(t**2)]
+            counts[name] += t.size
+    model.train()
+    tt, tp = np.concatenate(trig_true), np.concatenate(trig_pred)
+    hits = np.sum(tt & tp)
+    f1 = 2 * hits / max(np.sum(tt) + np.sum(tp), 1)
+    scores = {"val_loss": totals[0] / n, "val_trigger_loss": totals[1] / n,
+              "val_regression_loss": totals[2] / n, "val_trigger_f1": float(f1)}
+    for name, (sse, s, s2) in sums.items():
+        sst = s2 - s * s / max(counts[name], 1)
+        scores[f"val_r2_{name}"] = float(1 - sse / sst) if sst > 0 else float("nan")
+    return scores
+
+
+def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=None,
+          progress: bool = True) -> dict:
+    """Train (or resume) a run; returns the metrics of the last epoch."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True, warn_only=cuda)
+    run_dir, store = Path(run_dir), Store(store_path)
+    contract = store.contract()
+    stats = json.loads(store.path("stats.json").read_text())
+
+    checkpoint = run_dir / "checkpoint.pt"
+    if run_dir.exists() and (run_dir / "config.yaml").exists():
+        if (run_dir / "config.yaml").read_text() != config_text:
+            raise ValueError(f"{run_dir} holds a run with other settings; use another --out")
+    elif rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        spec = {"contract": contract.to_dict(), "stats": stats, "model": asdict(cfg.model),
+                "store": str(store.root), "init_from": str(init_from) if init_from else None}
+        _atomic_text(run_dir / "model.json", json.dumps(spec))
+        _atomic_text(run_dir / "config.yaml", config_text)
+    if world > 1:
+        dist.barrier()
+
+    torch.manual_seed(cfg.seed)
+    model = CumulusLSTM(contract, stats, cfg.model)
+    if init_from is not None:
+        start = build_model(init_from)
+        if start.contract.to_dict()["inputs"] != contract.to_dict()["inputs"] or \
+                start.contract.n_levels != contract.n_levels:
+            raise ValueError(f"{init_from}: its contract does not match the store's")
+        model.load_state_dict(start.state_dict())
+    model.to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs,
+                                                          eta_min=cfg.min_learning_rate)
+    state = {"epoch": 0, "best": math.inf, "stale": 0, "history": []}
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimiser.load_state_dict(saved["optimiser"])
+        schedule.load_state_dict(saved["schedule"])
+        torch.set_rng_state(saved["rng"])
+        state = saved["state"]
+    # Buffers hold the fixed normalisation: nothing to broadcast between ranks.
+    net = (torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+           if world > 1 else model)
+
+    files = _select_files(store, cfg.train_fraction, cfg.seed)
+    train_data = ColumnBatches(store, "train", contract, cfg.batch_size, True, cfg.seed, rank, world,
+                               cfg.block_size, files)
+    val_data = ColumnBatches(store, "validation", contract, 4096, False, block_size=cfg.block_size)
+    if rank == 0 and state["epoch"] == 0:
+        print(f"model: {count_parameters(model)} parameters; train on {store.root}")
+
+    while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
+        epoch = state["epoch"]
+        train_data.set_epoch(epoch)
+        started, seen, running = time.perf_counter(), 0, 0.0
+        bar = tqdm(train_data, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not progress or rank != 0, leave=False)
+        for batch in bar:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                out = net(batch)
+            loss, _, _ = loss_terms(model, {k: v.float() for k, v in out.items()}, batch, cfg)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            seen += len(batch[model.trigger])
+            running += loss.item() * len(batch[model.trigger])
+        schedule.step()
+        scores = validate(model, ({k: v.to(device) for k, v in b.items()} for b in val_data), cfg)
+        row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1),
+               "learning_rate": optimiser.param_groups[0]["lr"],
+               "samples_per_s": seen * world / (time.perf_counter() - started), **scores}
+        state["history"].append(row)
+        improved = scores["val_loss"] < state["best"] - 1e-6
+        state["best"] = min(state["best"], scores["val_loss"])
+        state["stale"] = 0 if improved else state["stale"] + 1
+        state["epoch"] = epoch + 1
+        if rank == 0:
+            if improved:
+                _atomic_save({"model": model.state_dict()}, run_dir / "best.pt")
+            _write_metrics(run_dir, state["history"])
+            _atomic_save({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                          "schedule": schedule.state_dict(), "rng": torch.get_rng_state(),
+                          "state": state}, checkpoint)
+            if progress:
+                print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in row.items()), flush=True)
+        if world > 1:
+            dist.barrier()
+    if world > 1:
+        dist.destroy_process_group()
+    return state["history"][-1] if state["history"] else {}
+
+
+def _write_metrics(run_dir: Path, history: list) -> None:
+    _atomic_text(run_dir / "metrics.json", json.dumps(history, indent=1))
+    tmp = run_dir / ".metrics.csv.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, run_dir / "metrics.csv")
