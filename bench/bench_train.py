@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from emulator.model import CumulusLSTM, count_parameters
+from emulator.model import CumulusLSTM, count_parameters, flops_per_column
 from training.data import ColumnBatches
 from training.prepare import PrepareConfig, prepare
 from training.store import Store
@@ -51,8 +51,22 @@ def main():
                 optimiser.step()
                 seen += len(batch[model.trigger])
             timings.append(seen / (time.perf_counter() - start))
+        # Inference cost per column on one thread (PyTorch eager; the ONNX runtime is separate).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        model.eval()
+        with torch.no_grad():
+            batch = batches[0]
+            model(batch)
+            start = time.perf_counter()
+            for _ in range(5):
+                model(batch)
+            us_per_column = (time.perf_counter() - start) / 5 / len(batch[model.trigger]) * 1e6
+        torch.set_num_threads(threads)
     print(json.dumps({"benchmark": "train", "config": Path(args.config).name,
-                      "parameters": count_parameters(model), "batch_size": cfg.batch_size,
+                      "parameters": count_parameters(model), "flops_per_column": flops_per_column(model),
+                      "inference_us_per_column_1_thread": round(us_per_column, 1),
+                      "batch_size": cfg.batch_size,
                       "threads": torch.get_num_threads(), "samples_per_s": round(timings[-1], 1),
                       "model": dataclasses.asdict(cfg.model)}))
 

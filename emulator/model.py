@@ -95,3 +95,15 @@ class CumulusLSTM(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def flops_per_column(model: CumulusLSTM) -> int:
+    """Multiply-adds x 2 of one column's forward pass (matrix products only)."""
+    n, h, cfg = model.contract.n_levels, model.cfg.hidden, model.cfg
+    flops = 2 * n * model.features.channels * h  # projection
+    for layer in range(cfg.layers):
+        inp = h if layer == 0 else 2 * h
+        flops += 2 * 2 * n * 4 * h * (inp + h)  # two directions, four gates
+    flops += 2 * n * 2 * h * len(model.level_outputs)
+    flops += 2 * (4 * h * cfg.column_hidden + cfg.column_hidden * (1 + len(model.column_outputs)))
+    return flops

@@ -44,12 +44,12 @@ from training.store import Store
 @dataclass
 class TrainConfig:
     seed: int = 1
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 256
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     min_learning_rate: float = 5e-5
-    weight_decay: float = 1e-5
-    patience: int = 8
+    weight_decay: float = 1e-4
+    patience: int = 6
     loss: str = "mse"  # mse | mae
     trigger_weight: float = 1.0
     variable_weights: dict = field(default_factory=dict)
