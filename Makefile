@@ -45,7 +45,7 @@ demo: setup
 	  --out $(STORE) --overwrite
 	rm -rf $(RUN) $(REPORT)
 	$(VENV)/bin/mlcu train --config configs/train.yaml --store $(STORE) --out $(RUN) \
-	  --set epochs=4 --set model.hidden=32 --set model.column_hidden=32
+	  --set epochs=4 --set learning_rate=3e-3 --set model.hidden=32 --set model.column_hidden=32
 	$(VENV)/bin/mlcu evaluate --model $(RUN) --store $(STORE) --split validation --out $(REPORT)
 
 test: setup
