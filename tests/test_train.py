@@ -107,3 +107,22 @@ def test_configs_load_and_bad_settings_are_refused():
     assert default.model.derived_features and not seed.model.derived_features
     with pytest.raises(ValueError, match="unknown training settings.*model.size"):
         TrainConfig.load(None, ["model.size=3"])
+
+
+def test_batches_cover_each_column_once_and_subsets_by_file(store):
+    from emulator.contract import Contract
+    from training.data import ColumnBatches
+    from training.store import Store
+
+    st = Store(store)
+    contract = Contract.from_dict(st.manifest()["contract"])
+    ds = st.open_split("train")
+    seen = [tuple(x) for b in ColumnBatches(st, "train", contract, 50, block_size=100)
+            for x in zip(b["DX"].tolist(), b["HFX"].tolist(), b["T_PHY"][:, 0].tolist())]
+    assert len(seen) == ds.sizes["sample"] == len(set(seen))
+    two_ranks = [len(b["HFX"]) for r in (0, 1)
+                 for b in ColumnBatches(st, "train", contract, 50, rank=r, world_size=2, block_size=100)]
+    assert abs(sum(two_ranks) - ds.sizes["sample"]) <= 2 * len(ColumnBatches(st, "train", contract, 50, block_size=100).blocks)
+    one_file = int(ds["FILE_ID"].values[0])
+    subset = ColumnBatches(st, "train", contract, 50, block_size=100, file_ids={one_file})
+    assert sum(len(b["HFX"]) for b in subset) == int((ds["FILE_ID"].values == one_file).sum())

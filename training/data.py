@@ -49,9 +49,10 @@ class ColumnBatches(IterableDataset):
         out = {}
         for name in self.names:
             values = ds[name].values[keep]
-            out[name] = torch.from_numpy(np.ascontiguousarray(values.reshape(len(values), -1)))
-            if name in self.columnar:
-                out[name] = out[name][:, 0]
+            shape = (len(values),) if name in self.columnar else (len(values), -1)
+            if not values.size:
+                shape = (0,) + values.shape[1:]
+            out[name] = torch.from_numpy(np.ascontiguousarray(values.reshape(shape)))
         return out
 
     def __iter__(self):
@@ -61,6 +62,8 @@ class ColumnBatches(IterableDataset):
         for b in order:
             block = self._load(*self.blocks[b])
             n = len(next(iter(block.values())))
+            if n == 0:  # every column of the block belongs to files left out
+                continue
             rows = torch.from_numpy(rng.permutation(n)) if self.shuffle else torch.arange(n)
             mine = rows[self.rank::self.world_size][: n // self.world_size]
             for start in range(0, len(mine), per_rank):
