@@ -26,13 +26,13 @@ from pathlib import Path
 
 import netCDF4
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from emulator.contract import Contract, default_contract
 from training.columns import EXPIRED, HELD, NOT_CALLED, PAIRINGS, SAMPLE_CLASSES, extract, stepcu
 from training.normalization import accumulate, summary
 from training.splits import SPLITS, SplitConfig, assign
+from training.settings import load_settings
 from training.store import Store, concat_units, write_json
 from training.wrfout import WrfoutError, open_wrfout
 
@@ -60,16 +60,7 @@ class PrepareConfig:
     @classmethod
     def load(cls, path=None, sets=(), **flags) -> "PrepareConfig":
         """Settings from a YAML file, then ``key=value`` overrides (dotted keys), then flags."""
-        raw = yaml.safe_load(Path(path).read_text()) or {} if path else {}
-        for item in sets:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-            node = raw
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = yaml.safe_load(value)
+        raw = load_settings(path, sets)
         raw.update({k: v for k, v in flags.items() if v not in (None, False, [])})
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:

@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from tqdm import tqdm
 
 from emulator.contract import Contract
 from emulator.model import CumulusLSTM, ModelConfig, count_parameters
 from training.data import ColumnBatches
+from training.settings import load_settings
 from training.store import Store
 
 
@@ -60,16 +60,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path=None, sets=()) -> "TrainConfig":
-        raw = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
-        for item in sets:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-            node = raw
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = yaml.safe_load(value)
+        raw = load_settings(path, sets)
         model = raw.pop("model", {}) or {}
         unknown = (set(raw) - set(cls.__dataclass_fields__)) | {f"model.{k}" for k in set(model) - set(ModelConfig.__dataclass_fields__)}
         if unknown:

@@ -1,0 +1,23 @@
+"""Job settings: a YAML file with ``KEY=VALUE`` overrides from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def load_settings(path=None, sets=()) -> dict:
+    """The YAML file's settings (or none), then each ``key=value`` of ``sets`` on top; dotted
+    keys reach nested settings and values are parsed as YAML (``split.block_cycle=[a, b]``)."""
+    raw = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        node = raw
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
+    return raw
