@@ -105,6 +105,7 @@ def test_configs_load_and_bad_settings_are_refused():
     assert (seed.model.hidden, seed.model.layers, seed.loss) == (32, 3, "mae")
     assert seed.model.input_normalisation == seed.model.target_normalisation == "absmax"
     assert default.model.derived_features and not seed.model.derived_features
+    assert TrainConfig.load(None, ["learning_rate=3e-3"]).learning_rate == 0.003
     with pytest.raises(ValueError, match="unknown training settings.*model.size"):
         TrainConfig.load(None, ["model.size=3"])
 
