@@ -217,12 +217,14 @@ def _plan(scans: list[dict], split_cfg: SplitConfig, shard_columns: int) -> list
             units.append({"file_id": file_id, "path": scan["path"], "time_index": t, "time": time,
                           "stepcu": scan["stepcu"], "columns": scan["columns"]})
     splits = assign([{"path": u["path"], "time": np.datetime64(u["time"])} for u in units], split_cfg)
-    batches = {}
+    batches, filled = {}, {}
     for unit, split in zip(units, splits):
-        open_batches = batches.setdefault(split, [[]])
-        if open_batches[-1] and sum(u["columns"] for u in open_batches[-1]) + unit["columns"] > shard_columns:
-            open_batches.append([])
-        open_batches[-1].append(unit)
+        groups = batches.setdefault(split, [[]])
+        if groups[-1] and filled[split] + unit["columns"] > shard_columns:
+            groups.append([])
+            filled[split] = 0
+        groups[-1].append(unit)
+        filled[split] = filled.get(split, 0) + unit["columns"]
     return [{"id": f"{split}-{k:05d}", "split": split, "units": group}
             for split in SPLITS for k, group in enumerate(batches.get(split, []))]
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from emulator.contract import Contract
 from emulator.model import CumulusLSTM, ModelConfig, count_parameters
+from training import metrics
 from training.data import ColumnBatches
 from training.settings import load_settings
 from training.store import Store
@@ -126,37 +127,32 @@ def _select_files(store: Store, fraction: float, seed: int) -> set | None:
 
 @torch.no_grad()
 def validate(model: CumulusLSTM, batches, cfg: TrainConfig) -> dict:
-    """Validation loss and headline scores (trigger F1, pooled R2 of main variables)."""
+    """Validation loss and headline scores (trigger F1, pooled R2 of main variables on
+    triggered columns)."""
     model.eval()
-    totals = np.zeros(3)
-    n = 0
+    totals, n = np.zeros(3), 0
     trig_true, trig_pred = [], []
-    sums = {k: np.zeros(3) for k in ("RTHCUTEN", "RQVCUTEN", "PRATEC")}  # sse, sum, sum2
-    counts = dict.fromkeys(sums, 0)
+    headline = ("RTHCUTEN", "RQVCUTEN", "PRATEC")
+    truth, pred = {k: [] for k in headline}, {k: [] for k in headline}
     for batch in batches:
         out = model(batch)
-        terms = loss_terms(model, out, batch, cfg)
         b = len(batch[model.trigger])
-        totals += b * np.array([float(t) for t in terms])
+        totals += b * np.array([float(t) for t in loss_terms(model, out, batch, cfg)])
         n += b
-        truth = batch[model.trigger].numpy() > 0.5
-        trig_true.append(truth)
+        triggered = batch[model.trigger].numpy() > 0.5
+        trig_true.append(triggered)
         trig_pred.append(out[model.trigger].numpy() > 0)
         phys = model.physical(out)
-        for name in sums:
-            t = batch[name].numpy()[truth].ravel().astype(np.float64)
-            p = phys[name].numpy()[truth].ravel()
-            sums[name] += [np.sum((p - t) ** 2), t.sum(), np.sum(t**2)]
-            counts[name] += t.size
+        for name in headline:
+            truth[name].append(batch[name].numpy()[triggered].ravel())
+            pred[name].append(phys[name].numpy()[triggered].ravel())
     model.train()
-    tt, tp = np.concatenate(trig_true), np.concatenate(trig_pred)
-    hits = np.sum(tt & tp)
-    f1 = 2 * hits / max(np.sum(tt) + np.sum(tp), 1)
+    f1 = metrics.trigger_scores(np.concatenate(trig_true), np.concatenate(trig_pred))["f1"]
     scores = {"val_loss": totals[0] / n, "val_trigger_loss": totals[1] / n,
-              "val_regression_loss": totals[2] / n, "val_trigger_f1": float(f1)}
-    for name, (sse, s, s2) in sums.items():
-        sst = s2 - s * s / max(counts[name], 1)
-        scores[f"val_r2_{name}"] = float(1 - sse / sst) if sst > 0 else float("nan")
+              "val_regression_loss": totals[2] / n, "val_trigger_f1": f1 if f1 is not None else 0.0}
+    for name in headline:
+        r2 = metrics.regression_scores(np.concatenate(truth[name]), np.concatenate(pred[name]))["pooled"]["r2"]
+        scores[f"val_r2_{name}"] = r2 if r2 is not None else float("nan")
     return scores
 
 
