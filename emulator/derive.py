@@ -73,6 +73,13 @@ def obukhov_zol(z1, theta1, qv1, rho1, hfx, ust):
     return np.clip(zol, -10.0, 2.0)
 
 
+def height_above_ground_from_thickness(dz8w):
+    """Height of mass levels above ground (m) from layer thicknesses (..., level): what the
+    ``height_above_ground`` recipe gives from PH and PHB, for callers that hold only DZ8W
+    (the WRF runtime)."""
+    return np.cumsum(dz8w, axis=-1) - 0.5 * dz8w
+
+
 # --- recipes over wrfout datasets ------------------------------------------------------------
 
 

@@ -70,6 +70,34 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from emulator.export import PARITY_TOLERANCE, export
+
+    errors = export(args.run, args.out, store=args.store, tolerance=args.tolerance or PARITY_TOLERANCE)
+    worst = max(errors, key=lambda k: errors[k]["max_rel"])
+    print(f"parity with PyTorch on held-out columns: worst output {worst}, max abs "
+          f"{errors[worst]['max_abs']:.3g}, max rel {errors[worst]['max_rel']:.3g}")
+    print(f"model: {args.out}")
+    return 0
+
+
+def _replay(args) -> int:
+    from training.replay import replay
+
+    options = {"threads": args.threads, "device": args.device, "nan_policy": args.nan_policy,
+               "ood_policy": args.ood_policy}
+    report = replay(args.model, args.input, args.out, args.pairing, tuple(args.tile), options)
+    if report is not None:
+        for name, res in report["results"].items():
+            counts = res["runtime_counts"]
+            r2 = {v: res["regression"][v]["triggered"]["pooled"]["r2"] for v in ("RTHCUTEN", "RQVCUTEN", "PRATEC")}
+            print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            print(f"trigger F1 {res['trigger']['f1']}; pooled R2 on triggered columns "
+                  + ", ".join(f"{v} {x if x is None else round(x, 4)}" for v, x in r2.items()))
+        print(f"outputs and report: {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlcu", description="Machine-learned cumulus scheme for WRF: data, model, runtime.")
@@ -130,12 +158,45 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="score trained models on a store split and write a report",
         description="Predict a split of a training store with one or more trained models and "
                     "write one report comparing them (Markdown, JSON, PNG plots).")
-    ev.add_argument("--model", nargs="+", required=True, metavar="RUN_DIR",
-                    help="run folders of mlcu train; several are compared side by side")
+    ev.add_argument("--model", nargs="+", required=True, metavar="RUN_DIR_OR_ONNX",
+                    help="run folders of mlcu train or exported .onnx models; several are "
+                         "compared side by side")
     ev.add_argument("--store", required=True, help="training store")
     ev.add_argument("--split", default="validation", help="split to score (default validation)")
     ev.add_argument("--out", required=True, help="report folder")
     ev.set_defaults(func=_evaluate)
+
+    ex = sub.add_parser(
+        "export", help="export a trained run to one self-describing ONNX model",
+        description="Write the run's best weights as ONNX with physical-unit inputs and "
+                    "outputs, the variable contract, statistics and provenance in its metadata, "
+                    "after checking it against PyTorch on held-out columns (nothing is written "
+                    "if the check fails).")
+    ex.add_argument("--run", required=True, help="run folder of mlcu train")
+    ex.add_argument("--out", required=True, help="ONNX file to write")
+    ex.add_argument("--store", help="store for the parity check (default: the run's training store)")
+    ex.add_argument("--tolerance", type=float, help="max relative error per output (default 1e-4)")
+    ex.set_defaults(func=_export)
+
+    rp = sub.add_parser(
+        "replay", help="run the WRF runtime over wrfout files tile by tile and score it",
+        description="Run the inference runtime over WRF history (or oracle) files exactly as "
+                    "WRF calls it, tile by tile with MSKF's semantics, write the outputs as "
+                    "netCDF and compare them with the files' own cumulus fields. Runs under "
+                    "mpirun (mpi4py), each rank taking a share of the tiles.")
+    rp.add_argument("--model", required=True, help="exported model (.onnx)")
+    rp.add_argument("--input", nargs="+", required=True, metavar="GLOB", help="wrfout files")
+    rp.add_argument("--out", required=True, help="output folder (netCDF per file, report)")
+    rp.add_argument("--pairing", default="history", choices=("history", "single_call"),
+                    help="history: WRF history files (held columns keep the file's state); "
+                         "single_call: one call with every column evaluated (oracle files)")
+    rp.add_argument("--tile", type=int, nargs=2, default=(16, 16), metavar=("NI", "NJ"),
+                    help="tile size in columns (default 16 16)")
+    rp.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per process")
+    rp.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    rp.add_argument("--nan-policy", default="fatal", choices=("fatal", "zero"))
+    rp.add_argument("--ood-policy", default="predict", choices=("predict", "zero", "fallback"))
+    rp.set_defaults(func=_replay)
     return parser
 
 
@@ -144,6 +205,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (WrfoutError, ContractError, ValueError, FileNotFoundError, RuntimeError) as err:
+        # RuntimeError covers the export's parity failure and the runtime's errors.
         print(f"mlcu {args.command}: error: {err}", file=sys.stderr)
         return 2
 

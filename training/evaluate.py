@@ -28,19 +28,40 @@ PHYSICS_INPUTS = ("RHO", "DZ8W", "QVAPOR", "P_HYD", "DT")
 DEEP = 2
 
 
-@torch.no_grad()
-def predict(model, store: Store, split: str) -> tuple[dict, dict]:
+class Predictor:
+    """Raw predictions in SI units of a run folder (PyTorch) or an exported model (ONNX Runtime)."""
+
+    def __init__(self, model):
+        self.path = Path(model)
+        if self.path.suffix == ".onnx":
+            from emulator.runtime import Runtime
+
+            self.runtime = Runtime.from_options({"model": str(self.path)})
+            self.trigger, self.inputs = self.runtime.trigger, self.runtime.contract.input_names
+        else:
+            self.runtime = None
+            self.model = build_model(self.path)
+            self.trigger, self.inputs = self.model.trigger, self.model.contract.input_names
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> dict:
+        if self.runtime is not None:
+            return self.runtime.predict_columns({k: batch[k].numpy() for k in self.inputs})
+        return {k: v.numpy() for k, v in self.model.physical(self.model(batch)).items()}
+
+
+def predict(model: Predictor, store: Store, split: str) -> tuple[dict, dict]:
     """(truth, prediction) arrays in SI units over a split; predictions gated by the trigger."""
     contract = store.contract()
     batches = ColumnBatches(store, split, contract, 4096, shuffle=False)
     truth, pred = {}, {}
     for batch in batches:
-        out = model.physical(model(batch))
+        out = model(batch)
         fires = out[model.trigger] >= 0.5
         for name, value in out.items():
-            gated = value if name == model.trigger else torch.where(
-                fires.reshape(-1, *[1] * (value.dim() - 1)), value, torch.zeros_like(value))
-            pred.setdefault(name, []).append(gated.numpy())
+            gated = value if name == model.trigger else np.where(
+                fires.reshape(-1, *[1] * (value.ndim - 1)), value, 0.0).astype(np.float32)
+            pred.setdefault(name, []).append(gated)
         for name in contract.output_names + list(PHYSICS_INPUTS):
             truth.setdefault(name, []).append(batch[name].numpy())
     return ({k: np.concatenate(v) for k, v in truth.items()},
@@ -84,7 +105,7 @@ def profiles(truth: dict, pred: dict, trigger: str) -> dict:
 
 
 def evaluate(models: list, store_path, split: str, out_dir) -> dict:
-    """Score every model (run folders) on one split and write one report comparing them."""
+    """Score every model (run folders or exported .onnx files) on one split and write one report comparing them."""
     store = Store(store_path)
     column_class = store.open_split(split)["COLUMN_CLASS"].values
     results, profile, scatter = {}, {}, {}
@@ -92,7 +113,7 @@ def evaluate(models: list, store_path, split: str, out_dir) -> dict:
         name = Path(run).name
         if name in results:
             name = str(run)
-        model = build_model(run)
+        model = Predictor(run)
         truth, pred = predict(model, store, split)
         results[name] = score(truth, pred, model.trigger, column_class)
         profile[name] = profiles(truth, pred, model.trigger)

@@ -1,0 +1,164 @@
+"""``mlcu export``: a trained run as one self-describing ONNX file.
+
+The graph takes every contract input in physical units, shape (column, values) for mass and w
+levels and (column,) for surface and scalar variables, and returns
+every contract output in physical units (TRIGGER as a probability): the feature computation
+and normalisation of ``emulator.features`` and the target scales are part of the graph. The
+column axis is dynamic.
+
+The model's metadata (``metadata_props``) carries, as JSON strings:
+
+* ``mlcu.format`` / ``mlcu.format_version``: what this file is and which layout of metadata;
+* ``mlcu.contract``: the variable contract (names, units, level kinds, level count);
+* ``mlcu.stats``: the training store's normalisation and distribution statistics (per input and
+  level: count, mean, std, min, max), which the runtime's out-of-distribution check reads;
+* ``mlcu.provenance``: training store, run folder, model settings, epochs, validation scores,
+  versions, export time, parity errors.
+
+After the export, PyTorch and ONNX Runtime are compared on held-out columns (the validation
+split of the training store): the maximum absolute error per output, and the relative error
+(absolute error over the output's largest magnitude). The file is written only if every output
+passes (``PARITY_TOLERANCE``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from emulator.model import CumulusLSTM
+from emulator.runtime import MODEL_FORMAT, MODEL_FORMAT_VERSION
+OPSET = 17
+# Maximum |onnx - torch| / max|torch| per output (float32 through 44 recurrent steps).
+PARITY_TOLERANCE = 1e-4
+PARITY_COLUMNS = 2048
+
+
+class ExportError(RuntimeError):
+    """The export failed or the exported graph does not reproduce the PyTorch model."""
+
+
+class PhysicalModel(torch.nn.Module):
+    """Positional inputs in contract order -> outputs in contract order, in SI units."""
+
+    def __init__(self, model: CumulusLSTM):
+        super().__init__()
+        self.model = model
+        self.inputs = model.contract.input_names
+        self.outputs = model.contract.output_names
+
+    def forward(self, *inputs):
+        out = self.model.physical(self.model(dict(zip(self.inputs, inputs))))
+        return tuple(out[name] for name in self.outputs)
+
+
+def heldout_columns(store_path, contract, n: int = PARITY_COLUMNS) -> dict:
+    """Up to ``n`` columns of the store's validation split (train split if it has none)."""
+    from training.data import ColumnBatches
+    from training.store import Store
+
+    store = Store(store_path)
+    for split in ("validation", "test", "train"):
+        if store.shards(split):
+            batch = next(iter(ColumnBatches(store, split, contract, n, shuffle=False)))
+            return {name: batch[name] for name in contract.input_names}
+    raise ExportError(f"{store_path}: no columns to check the exported model on")
+
+
+def parity(onnx_bytes: bytes, model: CumulusLSTM, inputs: dict) -> dict:
+    """Max absolute and relative error per output of ONNX Runtime against PyTorch."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    wrapper = PhysicalModel(model).eval()
+    with torch.no_grad():
+        reference = wrapper(*[inputs[n] for n in wrapper.inputs])
+    got = session.run(wrapper.outputs, {n: inputs[n].numpy() for n in wrapper.inputs})
+    errors = {}
+    for name, ref, value in zip(wrapper.outputs, reference, got):
+        ref = ref.numpy().astype(np.float64)
+        diff = np.abs(value.astype(np.float64) - ref)
+        if not np.isfinite(value).all():
+            errors[name] = {"max_abs": float("inf"), "max_rel": float("inf")}
+            continue
+        scale = float(np.abs(ref).max())
+        errors[name] = {"max_abs": float(diff.max()),
+                        "max_rel": float(diff.max() / scale) if scale > 0 else float(diff.max() > 0)}
+    return errors
+
+
+def _provenance(run_dir: Path, spec: dict) -> dict:
+    import onnxruntime as ort
+
+    history = []
+    if (run_dir / "metrics.json").exists():
+        history = json.loads((run_dir / "metrics.json").read_text())
+    best = min(history, key=lambda row: row.get("val_loss", np.inf)) if history else {}
+    return {
+        "run": str(run_dir.resolve()),
+        "store": spec.get("store"),
+        "init_from": spec.get("init_from"),
+        "model": spec["model"],
+        "config": (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else "",
+        "epochs": len(history),
+        "best_epoch": best,
+        "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+    }
+
+
+def to_onnx(model: CumulusLSTM) -> bytes:
+    """The ONNX graph of a model (no metadata)."""
+    wrapper = PhysicalModel(model).eval()
+    n = model.contract.n_levels
+    example = tuple(torch.ones(2, v.size(n)) if v.level in ("mass", "w") else torch.ones(2)
+                    for v in model.contract.inputs)
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"mlcu-export-{os.getpid()}.onnx"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapper, example, str(path), input_names=wrapper.inputs,
+                              output_names=wrapper.outputs, opset_version=OPSET, dynamo=False,
+                              dynamic_axes={name: {0: "column"} for name in wrapper.inputs + wrapper.outputs})
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def export(run_dir, out, store=None, weights: str = "best.pt",
+           tolerance: float = PARITY_TOLERANCE) -> dict:
+    """Export a run folder to ``out``; returns the parity errors. Nothing is written on failure."""
+    from training.train import build_model
+
+    run_dir, out = Path(run_dir), Path(out)
+    spec = json.loads((run_dir / "model.json").read_text())
+    model = build_model(run_dir, weights)
+    store = store or spec.get("store")
+    if not store or not Path(store).exists():
+        raise ExportError(f"the training store of {run_dir} ({store}) is not there; give --store "
+                          "to check the exported model on held-out columns")
+    graph = onnx.load_from_string(to_onnx(model))
+    errors = parity(graph.SerializeToString(), model, heldout_columns(store, model.contract))
+    failed = {k: v for k, v in errors.items() if not v["max_rel"] <= tolerance}
+    if failed:
+        raise ExportError(f"ONNX Runtime does not reproduce PyTorch (tolerance {tolerance:g} "
+                          f"relative): {json.dumps(failed)}; {out} not written")
+    provenance = {**_provenance(run_dir, spec), "parity": errors, "parity_store": str(store)}
+    meta = {"mlcu.format": MODEL_FORMAT, "mlcu.format_version": str(MODEL_FORMAT_VERSION),
+            "mlcu.contract": model.contract.to_json(), "mlcu.stats": json.dumps(spec["stats"]),
+            "mlcu.provenance": json.dumps(provenance)}
+    onnx.helper.set_model_props(graph, meta)
+    graph.producer_name, graph.doc_string = "mlcu", "Machine-learned cumulus scheme for WRF (MSKF emulator)"
+    onnx.checker.check_model(graph)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    onnx.save(graph, str(tmp))
+    os.replace(tmp, out)
+    return errors

@@ -1,0 +1,454 @@
+"""The inference runtime: an exported model run on WRF tile arrays with MSKF's semantics.
+
+One code path for the Fortran bridge, offline replay and the tests. ``Runtime.run_tile`` takes
+the arrays a WRF cumulus driver holds, numpy arrays in WRF's Fortran layout (i, k, j) over the
+memory bounds (halos included), and fills the outputs of the tile's columns in place:
+
+1. W0AVG is updated on every tile column by MSKF's formula (deterministic, never learned):
+   W0AVG = (W0AVG (TST - 1) + w_mass) / TST with TST = 2 STEPCU; with adaptive time steps
+   (W0AVG (2 max(CUDT 60, DT) - DT) + w_mass DT) / (2 max(CUDT 60, DT)). As in MSKF it happens
+   before the model reads W0AVG (history files hold this updated value, see
+   ``training.columns``).
+2. Columns with NCA >= DT/2 are held: nothing of theirs is read, computed or written.
+3. Every other column is evaluated: its outputs are reset as MSKF resets them (zero
+   tendencies, rain and clouds; CUTOP = KTS, CUBOT = KTE + 1; NCA left as it is), its inputs
+   are checked (non-finite values, out-of-distribution columns) and the model runs on it.
+4. Columns whose trigger probability is below the threshold keep the reset outputs. For the
+   others, the physical constraints (``constrain``) are applied before writing.
+
+Errors are raised as ``EmulatorError`` with the file, variable or column (WRF's global i, j)
+they concern, for the caller to end the run cleanly (the Fortran bridge calls
+``wrf_error_fatal``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from emulator.contract import Contract, ContractError
+from emulator.derive import height_above_ground_from_thickness
+
+MODEL_FORMAT = "mlcu-onnx"
+MODEL_FORMAT_VERSION = 1
+BOUND_NAMES = ("ids", "ide", "jds", "jde", "kds", "kde", "ims", "ime", "jms", "jme", "kms", "kme",
+               "its", "ite", "jts", "jte", "kts", "kte")
+# Contract inputs the WRF driver does not hold, built from the ones it does (by recipe).
+COLUMN_RECIPES = {"height_above_ground": ("DZ8W", height_above_ground_from_thickness)}
+# Water tendencies and the species they act on (for the non-negativity constraint).
+WATER = {"RQVCUTEN": "QVAPOR", "RQCCUTEN": "QCLOUD", "RQRCUTEN": "QRAIN",
+         "RQICUTEN": "QICE", "RQSCUTEN": "QSNOW"}
+CLOUD_RANGES = {"CLDFRA_DP": (0.01, 0.6), "CLDFRA_SH": (0.01, 0.2)}  # MSKF's in-cloud ranges
+NCA_MAX = 86400.0
+SAFETY = 0.999  # margin of the vapour limit, for float32 rounding of the stored tendencies
+# Outputs the runtime writes besides the model's (MSKF's RAINCV; the physics-fallback flag).
+EXTRA_OUTPUTS = ("RAINCV", "FALLBACK")
+LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                        "PMI_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK")
+
+
+class EmulatorError(RuntimeError):
+    """Bad model, bad arguments or bad input: the message says which and where."""
+
+
+@dataclass
+class Options:
+    model: str
+    threads: int = 1  # ONNX Runtime threads per process (WRF runs one process per core)
+    device: str = "auto"  # auto | cpu | cuda
+    nan_policy: str = "fatal"  # fatal | zero
+    ood_policy: str = "predict"  # predict | zero | fallback
+    ood_tolerance: float = 0.25  # allowed excursion beyond the training range, in ranges
+    trigger_threshold: float = 0.5
+    batch_columns: int = 4096  # columns per inference call: bounds the memory
+    n_levels: int | None = None  # the caller's mass levels, checked against the model
+
+    def __post_init__(self):
+        choices = {"device": ("auto", "cpu", "cuda"), "nan_policy": ("fatal", "zero"),
+                   "ood_policy": ("predict", "zero", "fallback")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise EmulatorError(f"runtime option {name}={getattr(self, name)!r}: "
+                                    f"must be one of {allowed}")
+        if int(self.threads) < 1 or int(self.batch_columns) < 1:
+            raise EmulatorError("runtime options threads and batch_columns must be >= 1")
+
+
+def local_rank() -> int:
+    """This process's rank on its node, from the MPI launcher's or Slurm's environment."""
+    for name in LOCAL_RANK_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def _visible_gpus() -> int:
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if devices is not None:
+        return len([d for d in devices.split(",") if d.strip()])
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+        return max(1, listing.stdout.count("GPU "))
+    except (OSError, subprocess.SubprocessError):
+        return 1
+
+
+def check_metadata(path, meta: dict) -> None:
+    if meta.get("mlcu.format") != MODEL_FORMAT:
+        raise EmulatorError(f"{path} is not an mlcu model (no mlcu.format metadata)")
+    if meta.get("mlcu.format_version") != str(MODEL_FORMAT_VERSION):
+        raise EmulatorError(f"{path}: model format version {meta.get('mlcu.format_version')} is not "
+                            f"supported (this runtime reads version {MODEL_FORMAT_VERSION})")
+
+
+class Runtime:
+    def __init__(self, options: Options):
+        import onnxruntime as ort
+
+        self.options = options
+        path = Path(options.model)
+        if not path.is_file():
+            raise EmulatorError(f"model file {path} does not exist")
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = int(options.threads)
+        session_options.inter_op_num_threads = 1
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        available = ort.get_available_providers()
+        providers = ["CPUExecutionProvider"]
+        if options.device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise EmulatorError("device=cuda asked for, but ONNX Runtime has no CUDA provider "
+                                f"(available: {available}); install onnxruntime-gpu")
+        if options.device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+            gpu = local_rank() % max(1, _visible_gpus())
+            providers = [("CUDAExecutionProvider", {"device_id": gpu}), "CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), session_options, providers=providers)
+        except Exception as err:  # ONNX Runtime raises its own types for damaged files
+            raise EmulatorError(f"{path} is not a readable ONNX model: {err}") from None
+        self.device = self.session.get_providers()[0]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        check_metadata(path, meta)
+        try:
+            self.contract = Contract.from_json(meta["mlcu.contract"])
+            if options.n_levels is not None:
+                self.contract.with_levels(int(options.n_levels))
+        except ContractError as err:
+            raise EmulatorError(f"{options.model}: {err}") from None
+        self.stats = json.loads(meta["mlcu.stats"])
+        self.provenance = json.loads(meta.get("mlcu.provenance", "{}"))
+        self.n_levels = self.contract.n_levels
+        self.trigger = self.contract.outputs[0].name
+        self.surface = {v.name for v in self.contract.inputs + self.contract.outputs
+                        if v.level in ("surface", "scalar")}
+        self.scalars = [v.name for v in self.contract.inputs if v.level == "scalar"]
+        self.derived = {v.name: COLUMN_RECIPES[v.recipe] for v in self.contract.inputs
+                        if v.recipe in COLUMN_RECIPES}
+        self._ood_bounds()
+
+    @classmethod
+    def from_options(cls, options: dict) -> "Runtime":
+        known = {f.name for f in fields(Options)}
+        unknown = set(options) - known
+        if unknown:
+            raise EmulatorError(f"unknown runtime options {sorted(unknown)}; known: {sorted(known)}")
+        return cls(Options(**options))
+
+    # --- what the caller passes -----------------------------------------------------------
+
+    @property
+    def required_arrays(self) -> tuple[str, ...]:
+        """Input arrays ``run_tile`` reads (contract inputs held by WRF, and the species)."""
+        names = [v.name for v in self.contract.inputs
+                 if v.level != "scalar" and v.name not in self.derived]
+        return tuple(names + [q for q in WATER.values() if q not in names])
+
+    @property
+    def output_arrays(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.contract.outputs[1:]) + EXTRA_OUTPUTS
+
+    # --- the model on columns -------------------------------------------------------------
+
+    def predict_columns(self, inputs: dict) -> dict:
+        """Raw model outputs (physical units, TRIGGER a probability) of columns given as
+        {contract input: (column, values) or (column,)}; no gating, no constraints."""
+        n = len(inputs[self.contract.inputs[0].name])
+        outputs = {}
+        names = self.contract.output_names
+        for start in range(0, n, self.options.batch_columns):
+            feed = {k: np.ascontiguousarray(inputs[k][start:start + self.options.batch_columns],
+                                            dtype=np.float32) for k in self.contract.input_names}
+            for name, value in zip(names, self.session.run(names, feed)):
+                outputs.setdefault(name, []).append(value)
+        return {k: np.concatenate(v) for k, v in outputs.items()}
+
+    def _ood_bounds(self):
+        self.ood_lo, self.ood_hi = {}, {}
+        tol = self.options.ood_tolerance
+        for v in self.contract.inputs:
+            s = self.stats["inputs"][v.name]
+            lo, hi = np.asarray(s["min"], np.float64), np.asarray(s["max"], np.float64)
+            pad = tol * (hi - lo) + 1e-6 * np.maximum(np.abs(lo), np.abs(hi))
+            self.ood_lo[v.name], self.ood_hi[v.name] = lo - pad, hi + pad
+
+    def out_of_distribution(self, inputs: dict) -> tuple[np.ndarray, dict]:
+        """Columns with any input outside the training range widened by ``ood_tolerance``
+        ranges, and how many columns each variable flags."""
+        flagged = np.zeros(len(inputs[self.contract.inputs[0].name]), dtype=bool)
+        by_variable = {}
+        for name in self.contract.input_names:
+            x = inputs[name].reshape(len(flagged), -1)
+            bad = ((x < self.ood_lo[name]) | (x > self.ood_hi[name])).any(axis=1)
+            if bad.any():
+                by_variable[name] = int(bad.sum())
+            flagged |= bad
+        return flagged, by_variable
+
+    # --- a WRF tile -----------------------------------------------------------------------
+
+    def run_tile(self, arrays: dict, bounds, dt: float, dx: float, cudt: float, stepcu: int,
+                 adapt_step: bool = False) -> dict:
+        """Run the scheme on one tile; outputs filled in place. Returns counters."""
+        tile = _Tile(arrays, bounds, self.n_levels, self.required_arrays + self.output_arrays + ("NCA",))
+        dt, dx, cudt = float(dt), float(dx), float(cudt)
+        update_w0avg(tile, stepcu, dt, cudt, adapt_step)
+        fallback = tile.view2("FALLBACK")
+        fallback[...] = 0
+
+        nca = tile.columns2("NCA")
+        evaluate = nca < 0.5 * dt
+        counts = {"columns": tile.n_columns, "held": int((~evaluate).sum()),
+                  "evaluated": int(evaluate.sum()), "nan": 0, "ood": 0, "fallback": 0,
+                  "triggered": 0, "deep": 0, "shallow": 0, "scaled": 0}
+        cols = np.flatnonzero(evaluate)
+        if cols.size == 0:
+            return counts
+        reset(tile, cols)
+
+        inputs = {}
+        for name in self.required_arrays:
+            inputs[name] = tile.columns(name, cols, name in self.surface,
+                                        self.contract.variable(name).size(self.n_levels)
+                                        if name in self.contract.input_names else self.n_levels)
+        for name, (source, build) in self.derived.items():
+            inputs[name] = build(inputs[source])
+        for name, value in (("DX", dx), ("DT", dt)):
+            if name in self.scalars:
+                inputs[name] = np.full(cols.size, value, dtype=np.float32)
+
+        keep = self._finite(inputs, cols, tile, counts)
+        ood, _ = self.out_of_distribution(inputs)
+        ood &= keep
+        counts["ood"] = int(ood.sum())
+        if self.options.ood_policy != "predict":
+            keep &= ~ood
+        if self.options.ood_policy == "fallback":
+            tile.write2(fallback, cols[ood], 1)
+            counts["fallback"] = counts["ood"]
+        if not keep.any():
+            return counts
+        run = {k: v[keep] for k, v in inputs.items()}
+        out = self.predict_columns(run)
+        fires = out[self.trigger] >= self.options.trigger_threshold
+        counts["triggered"] = int(fires.sum())
+        if not fires.any():
+            return counts
+        out = {k: v[fires] for k, v in out.items()}
+        run = {k: v[fires] for k, v in run.items()}
+        out, info = constrain(out, run, dt, cudt, self.n_levels)
+        for key in ("deep", "shallow", "scaled"):
+            counts[key] = info[key]
+        target = cols[keep][fires]
+        for name in self.output_arrays:
+            if name == "FALLBACK":
+                continue
+            tile.write(name, target, out[name], name in self.surface or name == "RAINCV")
+        return counts
+
+    def _finite(self, inputs: dict, cols: np.ndarray, tile: "_Tile", counts: dict) -> np.ndarray:
+        """Columns whose inputs are all finite; the NaN policy decides about the others."""
+        keep = np.ones(cols.size, dtype=bool)
+        for name in self.required_arrays:
+            x = inputs[name].reshape(cols.size, -1)
+            bad = ~np.isfinite(x).all(axis=1)
+            if bad.any() and self.options.nan_policy == "fatal":
+                first = int(np.flatnonzero(bad)[0])
+                i, j = tile.global_ij(cols[first])
+                where = "" if x.shape[1] == 1 else f" level k={int(np.flatnonzero(~np.isfinite(x[first]))[0]) + 1}"
+                raise EmulatorError(f"non-finite {name} in column i={i}, j={j}{where} "
+                                    f"({int(bad.sum())} such columns in tile i={tile.its}..{tile.ite}, "
+                                    f"j={tile.jts}..{tile.jte})")
+            keep &= ~bad
+        counts["nan"] = int((~keep).sum())
+        return keep
+
+
+class _Tile:
+    """Index arithmetic between WRF (i, k, j) memory arrays and the tile's columns.
+
+    Columns are numbered j-major, i fastest (as training flattens (south_north, west_east)).
+    """
+
+    def __init__(self, arrays: dict, bounds, n_levels: int, needed):
+        if len(bounds) != len(BOUND_NAMES):
+            raise EmulatorError(f"bounds: expected the {len(BOUND_NAMES)} WRF dimension arguments "
+                                f"{BOUND_NAMES}, got {len(bounds)} values")
+        b = dict(zip(BOUND_NAMES, (int(x) for x in bounds)))
+        for key, value in b.items():
+            setattr(self, key, value)
+        if self.kte - self.kts + 1 != n_levels:
+            raise EmulatorError(f"the model is for {n_levels} mass levels, WRF passes "
+                                f"kts..kte = {self.kts}..{self.kte} ({self.kte - self.kts + 1} levels)")
+        if not (self.ims <= self.its <= self.ite <= self.ime and self.jms <= self.jts <= self.jte <= self.jme
+                and self.kms <= self.kts and self.kte + 1 <= self.kme):
+            raise EmulatorError(f"tile bounds {b} do not lie within the memory bounds")
+        missing = [n for n in needed if n not in arrays]
+        if missing:
+            raise EmulatorError(f"arrays not passed to the runtime: {missing}")
+        self.arrays = arrays
+        mem3 = (self.ime - self.ims + 1, self.kme - self.kms + 1, self.jme - self.jms + 1)
+        mem2 = (mem3[0], mem3[2])
+        for name in needed:
+            shape = arrays[name].shape
+            if shape not in (mem3, mem2):
+                raise EmulatorError(f"array {name} has shape {shape}; the memory bounds give "
+                                    f"{mem3} (i, k, j) or {mem2} (i, j)")
+        self.i0, self.j0, self.k0 = self.its - self.ims, self.jts - self.jms, self.kts - self.kms
+        self.ni, self.nj = self.ite - self.its + 1, self.jte - self.jts + 1
+        self.n_columns = self.ni * self.nj
+        self.n_levels = n_levels
+
+    def view3(self, name: str, n_levels: int) -> np.ndarray:
+        """(j, i, k) view of the tile, n_levels levels from kts."""
+        a = self.arrays[name]
+        return a[self.i0:self.i0 + self.ni, self.k0:self.k0 + n_levels,
+                 self.j0:self.j0 + self.nj].transpose(2, 0, 1)
+
+    def view2(self, name: str) -> np.ndarray:
+        """(j, i) view of the tile."""
+        a = self.arrays[name]
+        return a[self.i0:self.i0 + self.ni, self.j0:self.j0 + self.nj].T
+
+    def columns2(self, name: str) -> np.ndarray:
+        return self.view2(name).reshape(-1)
+
+    def columns(self, name: str, cols: np.ndarray, surface: bool, size: int) -> np.ndarray:
+        jj, ii = np.divmod(cols, self.ni)
+        if surface:
+            return np.asarray(self.view2(name)[jj, ii], dtype=np.float32)
+        return np.asarray(self.view3(name, size)[jj, ii, :], dtype=np.float32)
+
+    def write(self, name: str, cols: np.ndarray, values, surface: bool) -> None:
+        jj, ii = np.divmod(cols, self.ni)
+        if surface:
+            self.view2(name)[jj, ii] = values
+        else:
+            self.view3(name, self.n_levels)[jj, ii, :] = values
+
+    def write2(self, view: np.ndarray, cols: np.ndarray, value) -> None:
+        jj, ii = np.divmod(cols, self.ni)
+        view[jj, ii] = value
+
+    def global_ij(self, col: int) -> tuple[int, int]:
+        j, i = divmod(int(col), self.ni)
+        return self.its + i, self.jts + j
+
+
+def update_w0avg(tile: _Tile, stepcu: int, dt: float, cudt: float, adapt_step: bool) -> None:
+    """MSKF's running mean of w at mass levels, on every column of the tile, in the array's
+    precision."""
+    w = tile.view3("W", tile.n_levels + 1)
+    w0avg = tile.view3("W0AVG", tile.n_levels)
+    kind = w0avg.dtype.type
+    if adapt_step:
+        den = 2.0 * max(cudt * 60.0, dt)
+        old_weight, new_weight = den - dt, dt
+    else:
+        den = 2.0 * max(1, int(stepcu))
+        old_weight, new_weight = den - 1.0, 1.0
+    w0 = kind(0.5) * (w[:, :, :-1] + w[:, :, 1:])
+    w0avg[...] = (w0avg * kind(old_weight) + w0 * kind(new_weight)) / kind(den)
+
+
+def reset(tile: _Tile, cols: np.ndarray) -> None:
+    """An evaluated column's outputs as MSKF sets them before its column physics."""
+    for name in tile.arrays:
+        if name.endswith("CUTEN") or name in CLOUD_RANGES or name in ("QC_CU", "QI_CU"):
+            tile.write(name, cols, 0.0, False)
+    for name in ("PRATEC", "RAINCV"):
+        tile.write(name, cols, 0.0, True)
+    tile.write("CUTOP", cols, float(tile.kts), True)
+    tile.write("CUBOT", cols, float(tile.kte + 1), True)
+
+
+def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) -> tuple[dict, dict]:
+    """Triggered columns' predictions made physically consistent, as the scheme would leave them.
+
+    * Deep or shallow: deep where the column's largest deep cloud fraction is at least its
+      largest shallow one (MSKF fills exactly one of the two). Shallow convection gives no
+      rain and holds for CUDT minutes (NCA = CUDT 60 s); deep convection holds for a whole
+      number of steps NCA = max(1, rint(NCA / DT)) DT, at most a day.
+    * Cloud fractions: the other kind zeroed; values below 0.005 are no cloud, others clipped
+      into MSKF's in-cloud ranges (deep 0.01-0.6, shallow 0.01-0.2). QC_CU, QI_CU >= 0.
+    * PRATEC >= 0. Column water budget: the vertically integrated water tendencies must remove
+      exactly the water that rains out, sum_k rho dz (sum of species tendencies) = -PRATEC.
+      The predicted rain is kept and the residual is taken out of the vapour tendency, spread
+      over levels in proportion to rho dz |RQVCUTEN| (where convection acts; uniformly in mass
+      when RQVCUTEN is zero everywhere).
+    * No species driven negative over the hold (NCA, at least DT): a condensate tendency is
+      limited level by level to -q / hold (MSKF's condensate tendencies are detrainment; a
+      small negative prediction where there is no condensate is noise), before the budget is
+      closed. Then, where the vapour would go negative, all tendencies of the column and
+      PRATEC are scaled by min(1, qv / (-RQVCUTEN x hold)) over its levels: one factor per
+      column keeps the water budget and the heating consistent.
+    * CUTOP, CUBOT: whole level indices within 1..levels, CUTOP >= CUBOT.
+    """
+    res = {name: value.astype(np.float64) for name, value in out.items()}
+    deep = res["CLDFRA_DP"].max(axis=1) >= res["CLDFRA_SH"].max(axis=1)
+    shallow = ~deep
+    for name, (lo, hi) in CLOUD_RANGES.items():
+        x = np.where(res[name] < 0.5 * lo, 0.0, np.clip(res[name], lo, hi))
+        other = shallow if name == "CLDFRA_DP" else deep
+        x[other] = 0.0
+        res[name] = x
+    for name in ("QC_CU", "QI_CU"):
+        res[name] = np.maximum(res[name], 0.0)
+
+    steps = np.maximum(1.0, np.rint(res["NCA"] / dt))
+    steps = np.minimum(steps, np.floor(NCA_MAX / dt))
+    res["NCA"] = np.where(deep, steps * dt, cudt * 60.0)
+    res["PRATEC"] = np.where(deep, np.maximum(res["PRATEC"], 0.0), 0.0)
+
+    hold = np.maximum(res["NCA"], dt)[:, None]
+    for tendency, species in WATER.items():
+        if tendency in res and species != "QVAPOR":
+            floor = -np.maximum(inputs[species].astype(np.float64), 0.0) / hold
+            res[tendency] = np.maximum(res[tendency], floor)
+
+    mass = inputs["RHO"].astype(np.float64) * inputs["DZ8W"].astype(np.float64)  # kg m-2
+    sink = -sum((mass * res[t]).sum(axis=1) for t in WATER if t in res)
+    residual = res["PRATEC"] - sink  # kg m-2 s-1 still to be taken out as vapour
+    weight = mass * np.abs(res["RQVCUTEN"])
+    none = weight.sum(axis=1) <= 0
+    weight[none] = mass[none]
+    res["RQVCUTEN"] -= residual[:, None] * weight / (weight.sum(axis=1, keepdims=True) * mass)
+
+    loss = -res["RQVCUTEN"] * hold
+    vapour = np.maximum(inputs["QVAPOR"].astype(np.float64), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        factor = np.minimum(1.0, np.where(loss > vapour, SAFETY * vapour / loss, 1.0).min(axis=1))
+    scaled = factor < 1.0
+    for name in list(res):
+        if name.endswith("CUTEN") or name == "PRATEC":
+            res[name] = res[name] * (factor[:, None] if res[name].ndim == 2 else factor)
+    res["RAINCV"] = res["PRATEC"] * dt
+
+    bottom = np.clip(np.rint(res["CUBOT"]), 1, n_levels)
+    res["CUBOT"] = bottom
+    res["CUTOP"] = np.maximum(np.clip(np.rint(res["CUTOP"]), 1, n_levels), bottom)
+    info = {"deep": int(deep.sum()), "shallow": int(shallow.sum()), "scaled": int(scaled.sum())}
+    return res, info
