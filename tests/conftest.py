@@ -39,3 +39,33 @@ def synthetic_files(tmp_path_factory):
     """Two small runs (3 and 25 km), four history times each."""
     cfg = GenerateConfig.from_yaml(REPO / "configs" / "generate.yaml", **SMALL)
     return generate(cfg, tmp_path_factory.mktemp("synthetic"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(synthetic_files, tmp_path_factory):
+    """A training store of the small synthetic runs."""
+    from training.prepare import PrepareConfig, prepare
+
+    out = tmp_path_factory.mktemp("synthetic_store") / "store"
+    prepare(PrepareConfig.load(REPO / "configs" / "prepare.yaml", ["split.validation_fraction=0.4"],
+                               input=[str(p) for p in synthetic_files], out=str(out),
+                               scheduler="synchronous"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_model(synthetic_store, tmp_path_factory):
+    """A tiny model trained for two epochs on the synthetic store, exported to ONNX."""
+    import yaml
+
+    from emulator.export import export
+    from training.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = TrainConfig.load(REPO / "configs" / "train.yaml",
+                           ["epochs=2", "batch_size=64", "threads=1", "model.hidden=8",
+                            "model.layers=1", "model.column_hidden=8", "block_size=256"])
+    train(cfg, synthetic_store, run, yaml.safe_dump({"tiny": True}), progress=False)
+    model = run.parent / "model.onnx"
+    export(run, model)
+    return model
