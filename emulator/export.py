@@ -13,7 +13,9 @@ The model's metadata (``metadata_props``) carries, as JSON strings:
 * ``mlcu.stats``: the training store's normalisation and distribution statistics (per input and
   level: count, mean, std, min, max), which the runtime's out-of-distribution check reads;
 * ``mlcu.provenance``: training store, run folder, model settings, epochs, validation scores,
-  versions, export time, parity errors.
+  versions, export time, parity errors;
+* ``mlcu.trigger_stage``: ``separate`` when TRIGGER depends only on the cheap trigger network
+  (the runtime then runs the recurrent core only on columns that convect), else ``joint``.
 
 After the export, PyTorch and ONNX Runtime are compared on held-out columns (the validation
 split of the training store): the maximum absolute error per output, and the relative error
@@ -153,7 +155,8 @@ def export(run_dir, out, store=None, weights: str = "best.pt",
     provenance = {**_provenance(run_dir, spec), "parity": errors, "parity_store": str(store)}
     meta = {"mlcu.format": MODEL_FORMAT, "mlcu.format_version": str(MODEL_FORMAT_VERSION),
             "mlcu.contract": model.contract.to_json(), "mlcu.stats": json.dumps(spec["stats"]),
-            "mlcu.provenance": json.dumps(provenance)}
+            "mlcu.provenance": json.dumps(provenance),
+            "mlcu.trigger_stage": "separate" if model.separate_trigger else "joint"}
     onnx.helper.set_model_props(graph, meta)
     graph.producer_name, graph.doc_string = "mlcu", "Machine-learned cumulus scheme for WRF (MSKF emulator)"
     onnx.checker.check_model(graph)

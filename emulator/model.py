@@ -31,6 +31,10 @@ class ModelConfig:
     target_normalisation: str = "std"  # std | absmax
     derived_features: bool = True
     column_hidden: int = 64
+    # 0: the trigger comes from the Bi-LSTM's column head. > 0: from a separate MLP with this
+    # many hidden units over the column's features, so that the runtime decides the trigger
+    # before running the recurrent core, and runs the core only on columns that convect.
+    trigger_hidden: int = 0
 
 
 def target_scale(stats: dict, name: str, how: str) -> float:
@@ -60,8 +64,14 @@ class CumulusLSTM(nn.Module):
         self.lstm = nn.LSTM(cfg.hidden, cfg.hidden, num_layers=cfg.layers, batch_first=True,
                             bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.level_head = nn.Linear(2 * cfg.hidden, len(self.level_outputs))
-        self.column_head = nn.Sequential(nn.Linear(4 * cfg.hidden, cfg.column_hidden), nn.GELU(),
-                                         nn.Linear(cfg.column_hidden, 1 + len(self.column_outputs)))
+        self.separate_trigger = cfg.trigger_hidden > 0
+        self.column_head = nn.Sequential(
+            nn.Linear(4 * cfg.hidden, cfg.column_hidden), nn.GELU(),
+            nn.Linear(cfg.column_hidden, len(self.column_outputs) + (0 if self.separate_trigger else 1)))
+        if self.separate_trigger:
+            self.trigger_net = nn.Sequential(
+                nn.Linear(contract.n_levels * self.features.channels, cfg.trigger_hidden), nn.GELU(),
+                nn.Linear(cfg.trigger_hidden, 1))
         scales = [target_scale(stats, n, cfg.target_normalisation)
                   for n in self.level_outputs + self.column_outputs]
         self.register_buffer("target_scale", torch.tensor(scales, dtype=torch.float32))
@@ -73,11 +83,14 @@ class CumulusLSTM(nn.Module):
         per_level = self.level_head(h)  # (batch, levels, variables)
         pooled = torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=-1)
         column = self.column_head(pooled)
-        out = {self.trigger: column[:, 0]}
+        if self.separate_trigger:
+            out = {self.trigger: self.trigger_net(x.flatten(1))[:, 0]}
+        else:
+            out, column = {self.trigger: column[:, 0]}, column[:, 1:]
         for k, name in enumerate(self.level_outputs):
             out[name] = per_level[:, :, k]
         for k, name in enumerate(self.column_outputs):
-            out[name] = column[:, 1 + k]
+            out[name] = column[:, k]
         return out
 
     def scale_of(self, name: str) -> torch.Tensor:
@@ -106,4 +119,12 @@ def flops_per_column(model: CumulusLSTM) -> int:
         flops += 2 * 2 * n * 4 * h * (inp + h)  # two directions, four gates
     flops += 2 * n * 2 * h * len(model.level_outputs)
     flops += 2 * (4 * h * cfg.column_hidden + cfg.column_hidden * (1 + len(model.column_outputs)))
-    return flops
+    return flops + trigger_flops_per_column(model)
+
+
+def trigger_flops_per_column(model: CumulusLSTM) -> int:
+    """Multiply-adds x 2 of the separate trigger stage (0 without one)."""
+    cfg = model.cfg
+    if not cfg.trigger_hidden:
+        return 0
+    return 2 * (model.contract.n_levels * model.features.channels * cfg.trigger_hidden + cfg.trigger_hidden)

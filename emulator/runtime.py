@@ -133,6 +133,24 @@ class Runtime:
         self.device = self.session.get_providers()[0]
         meta = self.session.get_modelmeta().custom_metadata_map
         check_metadata(path, meta)
+        # Two stages when the trigger has its own network: ONNX Runtime computes every node of
+        # a graph whatever outputs are asked for, so the trigger and the profiles get one
+        # session each, cut from the same graph.
+        self.trigger_session = None
+        if meta.get("mlcu.trigger_stage") == "separate":
+            import onnx
+            import onnx.utils
+
+            proto = onnx.load(str(path))
+            names = [i.name for i in proto.graph.input]
+            outputs = [o.name for o in proto.graph.output]
+            cut = onnx.utils.Extractor(proto)
+            self.trigger_session = ort.InferenceSession(
+                cut.extract_model(names, outputs[:1]).SerializeToString(), session_options,
+                providers=providers)
+            self.session = ort.InferenceSession(
+                cut.extract_model(names, outputs[1:]).SerializeToString(), session_options,
+                providers=providers)
         try:
             self.contract = Contract.from_json(meta["mlcu.contract"])
             if options.n_levels is not None:
@@ -173,18 +191,24 @@ class Runtime:
 
     # --- the model on columns -------------------------------------------------------------
 
-    def predict_columns(self, inputs: dict) -> dict:
-        """Raw model outputs (physical units, TRIGGER a probability) of columns given as
-        {contract input: (column, values) or (column,)}; no gating, no constraints."""
+    def _run(self, session, inputs: dict) -> dict:
         n = len(inputs[self.contract.inputs[0].name])
-        outputs = {}
-        names = self.contract.output_names
+        names = [o.name for o in session.get_outputs()]
+        outputs = {name: [] for name in names}
         for start in range(0, n, self.options.batch_columns):
             feed = {k: np.ascontiguousarray(inputs[k][start:start + self.options.batch_columns],
                                             dtype=np.float32) for k in self.contract.input_names}
-            for name, value in zip(names, self.session.run(names, feed)):
-                outputs.setdefault(name, []).append(value)
+            for name, value in zip(names, session.run(names, feed)):
+                outputs[name].append(value)
         return {k: np.concatenate(v) for k, v in outputs.items()}
+
+    def predict_columns(self, inputs: dict) -> dict:
+        """Raw model outputs (physical units, TRIGGER a probability) of columns given as
+        {contract input: (column, values) or (column,)}; no gating, no constraints."""
+        out = self._run(self.session, inputs)
+        if self.trigger_session is not None:
+            out[self.trigger] = self._run(self.trigger_session, inputs)[self.trigger]
+        return {name: out[name] for name in self.contract.output_names}
 
     def _ood_bounds(self):
         self.ood_lo, self.ood_hi = {}, {}
@@ -252,13 +276,18 @@ class Runtime:
         if not keep.any():
             return counts
         run = {k: v[keep] for k, v in inputs.items()}
-        out = self.predict_columns(run)
-        fires = out[self.trigger] >= self.options.trigger_threshold
+        if self.trigger_session is not None:  # the recurrent core only where it convects
+            fires = self._run(self.trigger_session, run)[self.trigger] >= self.options.trigger_threshold
+            run = {k: v[fires] for k, v in run.items()}
+            out = self._run(self.session, run) if fires.any() else {}
+        else:
+            out = self._run(self.session, run)
+            fires = out[self.trigger] >= self.options.trigger_threshold
+            out = {k: v[fires] for k, v in out.items()}
+            run = {k: v[fires] for k, v in run.items()}
         counts["triggered"] = int(fires.sum())
         if not fires.any():
             return counts
-        out = {k: v[fires] for k, v in out.items()}
-        run = {k: v[fires] for k, v in run.items()}
         out, info = constrain(out, run, dt, cudt, self.n_levels)
         for key in ("deep", "shallow", "scaled"):
             counts[key] = info[key]

@@ -53,9 +53,7 @@ def synthetic_store(synthetic_files, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="session")
-def onnx_model(synthetic_store, tmp_path_factory):
-    """A tiny model trained for two epochs on the synthetic store, exported to ONNX."""
+def _tiny_onnx(store, tmp_path_factory, *sets):
     import yaml
 
     from emulator.export import export
@@ -64,8 +62,20 @@ def onnx_model(synthetic_store, tmp_path_factory):
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     cfg = TrainConfig.load(REPO / "configs" / "train.yaml",
                            ["epochs=2", "batch_size=64", "threads=1", "model.hidden=8",
-                            "model.layers=1", "model.column_hidden=8", "block_size=256"])
-    train(cfg, synthetic_store, run, yaml.safe_dump({"tiny": True}), progress=False)
+                            "model.layers=1", "model.column_hidden=8", "block_size=256", *sets])
+    train(cfg, store, run, yaml.safe_dump({"tiny": True}), progress=False)
     model = run.parent / "model.onnx"
     export(run, model)
     return model
+
+
+@pytest.fixture(scope="session")
+def onnx_model(synthetic_store, tmp_path_factory):
+    """A tiny model trained for two epochs on the synthetic store, exported to ONNX."""
+    return _tiny_onnx(synthetic_store, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def onnx_model_two_stage(synthetic_store, tmp_path_factory):
+    """The same with a separate trigger network (the runtime's two-stage path)."""
+    return _tiny_onnx(synthetic_store, tmp_path_factory, "model.trigger_hidden=8")

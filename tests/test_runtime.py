@@ -103,8 +103,12 @@ def test_model_and_contract_mismatches_are_clear(onnx_model, tmp_path):
         runtime(onnx_model, nan_policy="ignore")
 
 
-def test_tile_matches_the_model_on_columns_and_leaves_halos_alone(onnx_model, frame):
-    rt = runtime(onnx_model, trigger_threshold=0.0)  # every column convects: all constrained
+@pytest.mark.parametrize("stages", ["joint", "separate"])
+def test_tile_matches_the_model_on_columns_and_leaves_halos_alone(onnx_model, onnx_model_two_stage,
+                                                                   frame, stages):
+    model = onnx_model if stages == "joint" else onnx_model_two_stage
+    rt = runtime(model, trigger_threshold=0.0)  # every column convects: all constrained
+    assert (rt.trigger_session is not None) == (stages == "separate")
     arrays, bounds = tile_arrays(rt, frame)
     before = {k: v.copy() for k, v in arrays.items()}
     counts = run(rt, arrays, bounds, frame)

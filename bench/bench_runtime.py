@@ -1,0 +1,154 @@
+"""Inference cost of the emulator on this machine's CPU; prints JSON lines.
+
+* ``peak``: single-thread matrix-multiply throughput (GFLOP/s), the bound for the estimates;
+* ``inference``: for each configuration (random weights; the cost does not depend on them):
+  parameters, FLOPs per column, the FLOP-bound estimate in us per column, and measured us per
+  column for ONNX Runtime and PyTorch eager versus batch size and threads;
+* ``runtime_call``: for each trained model given with ``--model``: the full runtime call
+  (W0AVG update, input checks, features, trigger, recurrent core on triggered columns,
+  constraints) over every column of the oracle files, one 64 x 64 tile per file, one thread;
+  in us per column and as a multiple of WRF's MSKF (about 30 us per column on this machine
+  type, single thread, over the same files).
+
+    python bench/bench_runtime.py [--model MODEL.onnx ...] [--oracle DIR] [--quick]
+"""
+
+import argparse
+import glob
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MSKF_US_PER_COLUMN = 30.0
+CONFIGS = ("train.yaml", "seed-baseline.yaml", "fast.yaml")
+
+
+def timed(fn, min_seconds=1.0) -> float:
+    fn()
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < min_seconds:
+        fn()
+        n += 1
+    return (time.perf_counter() - start) / n
+
+
+def peak_gflops() -> float:
+    torch.set_num_threads(1)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    return 2 * 1024**3 / timed(lambda: a @ b) / 1e9
+
+
+def random_run(config: Path, store, out: Path) -> Path:
+    from emulator.model import CumulusLSTM
+    from training.train import TrainConfig
+
+    cfg = TrainConfig.load(config)
+    stats = json.loads(store.path("stats.json").read_text())
+    model = CumulusLSTM(store.contract(), stats, cfg.model)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.json").write_text(json.dumps({"contract": store.contract().to_dict(), "stats": stats,
+                                                "model": asdict(cfg.model), "store": str(store.root),
+                                                "init_from": None}))
+    torch.save({"model": model.state_dict()}, out / "best.pt")
+    return out
+
+
+def inference(run: Path, store, peak: float, batches, threads, seconds) -> dict:
+    from emulator.export import export
+    from emulator.model import count_parameters, flops_per_column
+    from emulator.runtime import Runtime
+    from training.data import ColumnBatches
+    from training.train import build_model
+
+    export(run, run / "model.onnx")
+    model = build_model(run)
+    columns = next(iter(ColumnBatches(store, "validation", store.contract(), max(batches), shuffle=False)))
+    flops = flops_per_column(model)
+    row = {"bench": "inference", "config": run.name, "parameters": count_parameters(model),
+           "mflop_per_column": flops / 1e6, "flop_bound_us_per_column": flops / (peak * 1e3),
+           "onnxruntime_us_per_column": {}, "pytorch_us_per_column": {}}
+    for t in threads:
+        rt = Runtime.from_options({"model": str(run / "model.onnx"), "threads": t})
+        torch.set_num_threads(t)
+        for n in batches:
+            feed = {k: columns[k][:n].numpy() for k in rt.contract.input_names}
+            rt.options.batch_columns = n
+            row["onnxruntime_us_per_column"][f"threads={t},batch={n}"] = \
+                timed(lambda: rt.predict_columns(feed), seconds) / n * 1e6
+            batch = {k: columns[k][:n] for k in rt.contract.input_names}
+            with torch.no_grad():
+                row["pytorch_us_per_column"][f"threads={t},batch={n}"] = \
+                    timed(lambda: model.physical(model(batch)), seconds) / n * 1e6
+    return row
+
+
+def runtime_call(model: str, files: list, seconds) -> dict:
+    from emulator.runtime import Runtime
+    from training.replay import wrf_arrays
+    from training.wrfout import open_wrfout
+
+    rt = Runtime.from_options({"model": model, "threads": 1})
+    total, columns, counts = 0.0, 0, {}
+    for path in files:
+        frame = open_wrfout(path, extras=("QCLOUD", "QRAIN", "QICE", "QSNOW"), chunks=None,
+                            time=0).isel(Time=0).load()
+        nz, ny, nx = frame.sizes["bottom_top"], frame.sizes["south_north"], frame.sizes["west_east"]
+        base = wrf_arrays(frame, rt, "single_call")
+        bounds = (1, nx + 1, 1, ny + 1, 1, nz + 1, 1, nx, 1, ny, 1, nz + 1, 1, nx, 1, ny, 1, nz)
+
+        def call():
+            arrays = {k: v.copy(order="F") for k, v in base.items()}  # fresh NCA = -100 state
+            start = time.perf_counter()
+            c = rt.run_tile(arrays, bounds, frame.attrs["DT"], frame.attrs["DX"], 0.0, 1)
+            call.elapsed, call.counts = time.perf_counter() - start, c
+
+        elapsed, n = 0.0, 0
+        while elapsed < seconds or n < 2:
+            call()
+            elapsed, n = elapsed + call.elapsed, n + 1
+        total += elapsed / n
+        columns += nx * ny
+        counts = {k: counts.get(k, 0) + v for k, v in call.counts.items()}
+    us = total / columns * 1e6
+    return {"bench": "runtime_call", "model": model, "files": len(files), "columns": columns,
+            "triggered_fraction": counts["triggered"] / max(1, counts["evaluated"]),
+            "us_per_column": us, "x_mskf": us / MSKF_US_PER_COLUMN,
+            "mskf_reference_us_per_column": MSKF_US_PER_COLUMN}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="*", default=[], help="trained .onnx models for the runtime call")
+    parser.add_argument("--oracle", default=str(REPO.parent / "shared" / "data" / "mskf_oracle"))
+    parser.add_argument("--quick", action="store_true", help="fewer batch sizes, shorter timings")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from training.prepare import PrepareConfig, prepare
+    from training.store import Store
+
+    files = sorted(glob.glob(os.path.join(args.oracle, "wrfout_oracle_*.nc")))
+    if not files:
+        raise SystemExit(f"no oracle files in {args.oracle}")
+    batches = (256, 4096) if args.quick else (64, 256, 1024, 4096)
+    seconds = 0.3 if args.quick else 1.0
+    peak = peak_gflops()
+    print(json.dumps({"bench": "peak", "threads": 1, "gflops": peak}), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(PrepareConfig.load(REPO / "configs" / "prepare_oracle.yaml", [], input=files,
+                                   out=str(Path(tmp) / "store"), scheduler="synchronous"))
+        store = Store(Path(tmp) / "store")
+        for name in CONFIGS:
+            run = random_run(REPO / "configs" / name, store, Path(tmp) / Path(name).stem)
+            print(json.dumps(inference(run, store, peak, batches, (1, 2), seconds)), flush=True)
+    for model in args.model:
+        print(json.dumps(runtime_call(model, files, seconds)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
