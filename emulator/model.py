@@ -13,13 +13,16 @@ do. ``physical`` turns the network's output back into SI units.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from emulator.contract import Contract
 from emulator.features import ColumnFeatures
+
+
+LOG_REFERENCE = 1800.0  # s, a typical convective time scale
 
 
 @dataclass
@@ -35,6 +38,9 @@ class ModelConfig:
     # many hidden units over the column's features, so that the runtime decides the trigger
     # before running the recurrent core, and runs the core only on columns that convect.
     trigger_hidden: int = 0
+    # Column outputs learned as ln(x / 1800 s) on the columns where x >= 1 (the convective time
+    # scale NCA: it spans two orders of magnitude and its physics is a product of factors).
+    log_targets: list = field(default_factory=list)
 
 
 def target_scale(stats: dict, name: str, how: str) -> float:
@@ -75,6 +81,10 @@ class CumulusLSTM(nn.Module):
         scales = [target_scale(stats, n, cfg.target_normalisation)
                   for n in self.level_outputs + self.column_outputs]
         self.register_buffer("target_scale", torch.tensor(scales, dtype=torch.float32))
+        unknown = set(cfg.log_targets) - set(self.column_outputs)
+        if unknown:
+            raise ValueError(f"log_targets {sorted(unknown)} are not column outputs {self.column_outputs}")
+        self.log_targets = set(cfg.log_targets)
 
     def forward(self, inputs: dict) -> dict:
         """Normalised outputs: the trigger logit and every target divided by its scale."""
@@ -97,11 +107,19 @@ class CumulusLSTM(nn.Module):
         names = self.level_outputs + self.column_outputs
         return self.target_scale[names.index(name)]
 
+    def normalised_target(self, name: str, value: torch.Tensor) -> tuple:
+        """A target in the network's units, and the columns it is learned on (None: all)."""
+        if name in self.log_targets:
+            return torch.log(value.clamp(min=1.0) / LOG_REFERENCE), value >= 1.0
+        return value / self.scale_of(name), None
+
     def physical(self, normalised: dict) -> dict:
         """Outputs in SI units; the trigger as a probability."""
         out = {self.trigger: torch.sigmoid(normalised[self.trigger])}
         for name, value in normalised.items():
-            if name != self.trigger:
+            if name in self.log_targets:
+                out[name] = torch.exp(value) * LOG_REFERENCE
+            elif name != self.trigger:
                 out[name] = value * self.scale_of(name)
         return out
 

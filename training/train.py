@@ -16,7 +16,9 @@ GPU); rank 0 writes. On a GPU the forward pass runs in bfloat16 autocast.
 
 Loss: binary cross-entropy of the trigger logit (weight ``trigger_weight``) plus the weighted
 mean over output variables of the regression error (``mse`` or ``mae``) in normalised units,
-over the triggered columns of the batch only (``variable_weights`` per variable, default 1).
+over the triggered columns of the batch only (``variable_weights`` per variable, default 1);
+outputs in ``model.log_targets`` are learned in log space on the columns where they are >= 1
+(NCA: deep convection; shallow convection's NCA is CUDT x 60 s, set by the runtime).
 """
 
 from __future__ import annotations
@@ -104,12 +106,17 @@ def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig) -> 
     regression = out[trigger].new_zeros(())
     weight_sum = 0.0
     for name in model.level_outputs + model.column_outputs:
-        err = out[name] - batch[name] / model.scale_of(name)
+        target, learned_on = model.normalised_target(name, batch[name])
+        err = out[name] - target
         per_column = err.abs() if cfg.loss == "mae" else err.square()
         if per_column.dim() == 2:
             per_column = per_column.mean(dim=1)
         w = cfg.variable_weights.get(name, 1.0)
-        regression = regression + w * (per_column * mask).sum() / denominator
+        if learned_on is None:
+            regression = regression + w * (per_column * mask).sum() / denominator
+        else:
+            m = mask * learned_on.float()
+            regression = regression + w * (per_column * m).sum() / m.sum().clamp(min=1.0)
         weight_sum += w
     regression = regression / weight_sum
     return cfg.trigger_weight * loss_trigger + regression, loss_trigger, regression
