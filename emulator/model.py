@@ -3,12 +3,15 @@
 Levels are the sequence. Features (``emulator.features``) are projected to the hidden size and
 run through a stacked bidirectional LSTM; a per-level linear head (a 1x1 convolution over
 levels) gives every mass-level output, and a column head on the mean and maximum over levels
-gives the trigger logit and the column scalars (PRATEC, NCA, CUTOP, CUBOT).
+gives the column scalars (PRATEC, NCA, CUTOP, CUBOT) and, by default, the trigger logit. With
+``trigger_hidden > 0`` the trigger comes instead from a small MLP over the column's features,
+which the runtime evaluates first so that the recurrent core runs only where it convects.
 
 Targets are learned in normalised units: each output variable divided by one scale for all
 its levels (its standard deviation over triggered training columns, or its absolute maximum
 for the seed-baseline configuration), so that pooled errors weigh levels as the pooled scores
-do. ``physical`` turns the network's output back into SI units.
+do; outputs in ``log_targets`` (NCA) are learned as logarithms. ``physical`` turns the
+network's output back into SI units.
 """
 
 from __future__ import annotations
