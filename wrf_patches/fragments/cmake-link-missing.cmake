@@ -1,0 +1,1 @@
+message( FATAL_ERROR "mlcu: the link flags of the bridge library are not set: edit this block of phys/CMakeLists.txt or apply the patches again with the bridge built (see wrf_patches/README.md of the mlcu project)" )

@@ -1,0 +1,1 @@
+                  module_cu_mlcu_wrf.F

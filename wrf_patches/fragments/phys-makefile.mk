@@ -1,0 +1,1 @@
+MODULES += module_cu_mlcu_wrf.o
