@@ -247,7 +247,7 @@ class Runtime:
         evaluate = nca < 0.5 * dt
         counts = {"columns": tile.n_columns, "held": int((~evaluate).sum()),
                   "evaluated": int(evaluate.sum()), "nan": 0, "ood": 0, "fallback": 0,
-                  "triggered": 0, "deep": 0, "shallow": 0, "scaled": 0}
+                  "triggered": 0, "deep": 0, "shallow": 0, "limited": 0}
         cols = np.flatnonzero(evaluate)
         if cols.size == 0:
             return counts
@@ -289,7 +289,7 @@ class Runtime:
         if not fires.any():
             return counts
         out, info = constrain(out, run, dt, cudt, self.n_levels)
-        for key in ("deep", "shallow", "scaled"):
+        for key in ("deep", "shallow", "limited"):
             counts[key] = info[key]
         target = cols[keep][fires]
         for name in self.output_arrays:
@@ -423,17 +423,18 @@ def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) ->
       number of steps NCA = max(1, rint(NCA / DT)) DT, at most a day.
     * Cloud fractions: the other kind zeroed; values below 0.005 are no cloud, others clipped
       into MSKF's in-cloud ranges (deep 0.01-0.6, shallow 0.01-0.2). QC_CU, QI_CU >= 0.
-    * PRATEC >= 0. Column water budget: the vertically integrated water tendencies must remove
-      exactly the water that rains out, sum_k rho dz (sum of species tendencies) = -PRATEC.
-      The predicted rain is kept and the residual is taken out of the vapour tendency, spread
-      over levels in proportion to rho dz |RQVCUTEN| (where convection acts; uniformly in mass
-      when RQVCUTEN is zero everywhere).
-    * No species driven negative over the hold (NCA, at least DT): a condensate tendency is
-      limited level by level to -q / hold (MSKF's condensate tendencies are detrainment; a
-      small negative prediction where there is no condensate is noise), before the budget is
-      closed. Then, where the vapour would go negative, all tendencies of the column and
-      PRATEC are scaled by min(1, qv / (-RQVCUTEN x hold)) over its levels: one factor per
-      column keeps the water budget and the heating consistent.
+    * No species driven negative over the hold (NCA, at least DT): every water tendency is
+      limited level by level to -0.999 q / hold. (MSKF never drives a species negative; the
+      model's errors do at dry upper levels, where a whole-column scaling would wreck the rest
+      of the profile.)
+    * Column water budget: the vertically integrated water tendencies must remove exactly the
+      water that rains out, sum_k rho dz (sum of species tendencies) = -PRATEC. The predicted
+      rain is kept and the residual taken out of (or given back to) the vapour tendency,
+      spread over levels in proportion to rho dz |RQVCUTEN| (where convection acts), within
+      the vapour's limit. Water the vapour cannot take out within it is taken from the column's
+      positive (condensate-producing or moistening) tendencies, scaled down together; rain that
+      still cannot be supplied is not produced. PRATEC >= 0 and the budget is closed; shallow
+      convection (PRATEC = 0) ends with no net water change.
     * CUTOP, CUBOT: whole level indices within 1..levels, CUTOP >= CUBOT.
     """
     res = {name: value.astype(np.float64) for name, value in out.items()}
@@ -452,32 +453,46 @@ def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) ->
     res["NCA"] = np.where(deep, steps * dt, cudt * 60.0)
     res["PRATEC"] = np.where(deep, np.maximum(res["PRATEC"], 0.0), 0.0)
 
+    # Each species' tendency limited level by level so that q + tendency x hold >= 0.
     hold = np.maximum(res["NCA"], dt)[:, None]
+    floors, limited = {}, np.zeros(len(deep), dtype=bool)
     for tendency, species in WATER.items():
-        if tendency in res and species != "QVAPOR":
-            floor = -np.maximum(inputs[species].astype(np.float64), 0.0) / hold
-            res[tendency] = np.maximum(res[tendency], floor)
+        if tendency in res:
+            floors[tendency] = -SAFETY * np.maximum(inputs[species].astype(np.float64), 0.0) / hold
+            limited |= (res[tendency] < floors[tendency]).any(axis=1)
+            res[tendency] = np.maximum(res[tendency], floors[tendency])
 
+    # Close the water budget on the vapour tendency, where it acts and within its limit.
     mass = inputs["RHO"].astype(np.float64) * inputs["DZ8W"].astype(np.float64)  # kg m-2
+    rqv = res["RQVCUTEN"]
     sink = -sum((mass * res[t]).sum(axis=1) for t in WATER if t in res)
-    residual = res["PRATEC"] - sink  # kg m-2 s-1 still to be taken out as vapour
-    weight = mass * np.abs(res["RQVCUTEN"])
+    residual = res["PRATEC"] - sink  # > 0: more vapour must go; < 0: less
+    drying = residual > 0
+    weight = mass * np.where(drying[:, None], np.minimum(np.abs(rqv), rqv - floors["RQVCUTEN"]),
+                             np.abs(rqv))
     none = weight.sum(axis=1) <= 0
-    weight[none] = mass[none]
-    res["RQVCUTEN"] -= residual[:, None] * weight / (weight.sum(axis=1, keepdims=True) * mass)
-
-    loss = -res["RQVCUTEN"] * hold
-    vapour = np.maximum(inputs["QVAPOR"].astype(np.float64), 0.0)
+    weight[none & ~drying] = mass[none & ~drying]
+    capacity = weight.sum(axis=1)
+    residual = np.where(drying, np.minimum(residual, capacity), residual)
     with np.errstate(divide="ignore", invalid="ignore"):
-        factor = np.minimum(1.0, np.where(loss > vapour, SAFETY * vapour / loss, 1.0).min(axis=1))
-    scaled = factor < 1.0
-    for name in list(res):
-        if name.endswith("CUTEN") or name == "PRATEC":
-            res[name] = res[name] * (factor[:, None] if res[name].ndim == 2 else factor)
+        share = np.where(capacity[:, None] > 0, weight / (capacity[:, None] * mass), 0.0)
+    res["RQVCUTEN"] = rqv - residual[:, None] * share
+    # Water still created beyond what the vapour could give up: the column's positive water
+    # tendencies are reduced until none is left; rain beyond that is not produced.
+    water = [t for t in WATER if t in res]
+    sink = -sum((mass * res[t]).sum(axis=1) for t in water)
+    excess = np.maximum(res["PRATEC"] - sink, 0.0)
+    gains = sum((mass * np.maximum(res[t], 0.0)).sum(axis=1) for t in water)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keep = np.where(excess > 0, np.clip(1.0 - excess / gains, 0.0, 1.0), 1.0)[:, None]
+    for t in water:
+        res[t] = np.where(res[t] > 0, res[t] * keep, res[t])
+    res["PRATEC"] = np.maximum(-sum((mass * res[t]).sum(axis=1) for t in water), 0.0)
+    res["PRATEC"][shallow] = 0.0  # exactly: its budget residual is round-off
     res["RAINCV"] = res["PRATEC"] * dt
 
     bottom = np.clip(np.rint(res["CUBOT"]), 1, n_levels)
     res["CUBOT"] = bottom
     res["CUTOP"] = np.maximum(np.clip(np.rint(res["CUTOP"]), 1, n_levels), bottom)
-    info = {"deep": int(deep.sum()), "shallow": int(shallow.sum()), "scaled": int(scaled.sum())}
+    info = {"deep": int(deep.sum()), "shallow": int(shallow.sum()), "limited": int(limited.sum())}
     return res, info
