@@ -219,18 +219,14 @@ class Runtime:
             pad = tol * (hi - lo) + 1e-6 * np.maximum(np.abs(lo), np.abs(hi))
             self.ood_lo[v.name], self.ood_hi[v.name] = lo - pad, hi + pad
 
-    def out_of_distribution(self, inputs: dict) -> tuple[np.ndarray, dict]:
+    def out_of_distribution(self, inputs: dict) -> np.ndarray:
         """Columns with any input outside the training range widened by ``ood_tolerance``
-        ranges, and how many columns each variable flags."""
+        ranges (per variable and level)."""
         flagged = np.zeros(len(inputs[self.contract.inputs[0].name]), dtype=bool)
-        by_variable = {}
         for name in self.contract.input_names:
             x = inputs[name].reshape(len(flagged), -1)
-            bad = ((x < self.ood_lo[name]) | (x > self.ood_hi[name])).any(axis=1)
-            if bad.any():
-                by_variable[name] = int(bad.sum())
-            flagged |= bad
-        return flagged, by_variable
+            flagged |= ((x < self.ood_lo[name]) | (x > self.ood_hi[name])).any(axis=1)
+        return flagged
 
     # --- a WRF tile -----------------------------------------------------------------------
 
@@ -265,8 +261,7 @@ class Runtime:
                 inputs[name] = np.full(cols.size, value, dtype=np.float32)
 
         keep = self._finite(inputs, cols, tile, counts)
-        ood, _ = self.out_of_distribution(inputs)
-        ood &= keep
+        ood = self.out_of_distribution(inputs) & keep
         counts["ood"] = int(ood.sum())
         if self.options.ood_policy != "predict":
             keep &= ~ood

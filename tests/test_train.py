@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from training.evaluate import evaluate
-from training.prepare import PrepareConfig, prepare
 from training.train import TrainConfig, build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,12 +21,8 @@ TINY = ["epochs=3", "batch_size=64", "threads=1", "model.hidden=8", "model.layer
 
 
 @pytest.fixture(scope="module")
-def store(synthetic_files, tmp_path_factory):
-    out = tmp_path_factory.mktemp("store") / "store"
-    prepare(PrepareConfig.load(REPO / "configs" / "prepare.yaml", ["split.validation_fraction=0.4"],
-                               input=[str(p) for p in synthetic_files], out=str(out),
-                               scheduler="synchronous"))
-    return out
+def store(synthetic_store):
+    return synthetic_store
 
 
 def train_cmd(store, out, *sets, launcher=(str(BIN / "mlcu"),)):

@@ -56,16 +56,20 @@ def _train(args) -> int:
     return 0
 
 
+def _headline(name: str, res: dict) -> str:
+    """One line of a model's main scores from an evaluation report."""
+    r2 = {v: res["regression"][v]["triggered"]["pooled"]["r2"] for v in ("RTHCUTEN", "RQVCUTEN", "PRATEC")}
+    f1 = res["trigger"]["f1"]
+    return (f"{name}: trigger F1 {f1 if f1 is None else round(f1, 4)}; pooled R2 on triggered "
+            "columns " + ", ".join(f"{v} {x if x is None else round(x, 4)}" for v, x in r2.items()))
+
+
 def _evaluate(args) -> int:
     from training.evaluate import evaluate
 
     report = evaluate(args.model, args.store, args.split, args.out)
     for name, res in report["results"].items():
-        reg = res["regression"]
-        r2 = {v: reg[v]["triggered"]["pooled"]["r2"] for v in ("RTHCUTEN", "RQVCUTEN", "PRATEC")}
-        f1 = res["trigger"]["f1"]
-        print(f"{name}: trigger F1 {f1 if f1 is None else round(f1, 4)}; pooled R2 on triggered "
-              "columns " + ", ".join(f"{v} {x if x is None else round(x, 4)}" for v, x in r2.items()))
+        print(_headline(name, res))
     print(f"report: {args.out}/report.md")
     return 0
 
@@ -89,11 +93,8 @@ def _replay(args) -> int:
     report = replay(args.model, args.input, args.out, args.pairing, tuple(args.tile), options)
     if report is not None:
         for name, res in report["results"].items():
-            counts = res["runtime_counts"]
-            r2 = {v: res["regression"][v]["triggered"]["pooled"]["r2"] for v in ("RTHCUTEN", "RQVCUTEN", "PRATEC")}
-            print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-            print(f"trigger F1 {res['trigger']['f1']}; pooled R2 on triggered columns "
-                  + ", ".join(f"{v} {x if x is None else round(x, 4)}" for v, x in r2.items()))
+            print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in res["runtime_counts"].items()))
+            print(_headline(name, res))
         print(f"outputs and report: {args.out}")
     return 0
 
