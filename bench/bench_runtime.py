@@ -19,7 +19,6 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -45,17 +44,11 @@ def peak_gflops() -> float:
 
 
 def random_run(config: Path, store, out: Path) -> Path:
-    from emulator.model import CumulusLSTM
-    from training.train import TrainConfig
+    from training.train import TrainConfig, build_model, write_model_spec
 
-    cfg = TrainConfig.load(config)
-    stats = json.loads(store.path("stats.json").read_text())
-    model = CumulusLSTM(store.contract(), stats, cfg.model)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "model.json").write_text(json.dumps({"contract": store.contract().to_dict(), "stats": stats,
-                                                "model": asdict(cfg.model), "store": str(store.root),
-                                                "init_from": None}))
-    torch.save({"model": model.state_dict()}, out / "best.pt")
+    write_model_spec(out, store, TrainConfig.load(config).model)
+    torch.save({"model": build_model(out, weights=None).state_dict()}, out / "best.pt")
     return out
 
 

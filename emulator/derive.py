@@ -155,10 +155,15 @@ def _zol(ds):
     return obukhov_zol(z1, theta, qv, rho, ds["HFX"], ds["UST"])
 
 
+def activated(rthcuten, rqvcuten, levels):
+    """1 where the scheme produced any heating or moistening in the column, else 0.
+
+    ``levels`` is the level axis (numpy) or dimension name (xarray)."""
+    return ((rthcuten != 0).any(levels) | (rqvcuten != 0).any(levels)).astype("float32")
+
+
 def _activated(ds):
-    """1 where the scheme produced any heating or moistening in the column, else 0."""
-    active = (ds["RTHCUTEN"] != 0).any("bottom_top") | (ds["RQVCUTEN"] != 0).any("bottom_top")
-    return active.astype("float32")
+    return activated(ds["RTHCUTEN"], ds["RQVCUTEN"], "bottom_top")
 
 
 T_SRC = Source("T", "mass", "K")

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from emulator.derive import activated
 from emulator.runtime import Runtime
 from training import evaluate as ev
 from training.columns import PAIRINGS, SAMPLE_CLASSES, extract, stepcu
@@ -149,8 +150,7 @@ def predictions(arrays: dict, runtime: Runtime, i: np.ndarray, j: np.ndarray, n_
     for name in runtime.contract.output_names[1:]:
         a = arrays[name]
         pred[name] = a[i, j] if a.ndim == 2 else a[i, :n_levels, j]
-    active = (pred["RTHCUTEN"] != 0).any(axis=1) | (pred["RQVCUTEN"] != 0).any(axis=1)
-    pred[runtime.trigger] = active.astype(np.float32)
+    pred[runtime.trigger] = activated(pred["RTHCUTEN"], pred["RQVCUTEN"], 1)
     return pred
 
 

@@ -86,10 +86,20 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def build_model(run_dir: Path, weights: str = "best.pt") -> CumulusLSTM:
-    """The trained model of a run folder."""
+def write_model_spec(run_dir: Path, store: Store, model: ModelConfig, init_from=None) -> None:
+    """model.json of a run folder: what ``build_model`` needs besides the weights."""
+    spec = {"contract": store.contract().to_dict(),
+            "stats": json.loads(store.path("stats.json").read_text()), "model": asdict(model),
+            "store": str(store.root), "init_from": str(init_from) if init_from else None}
+    _atomic_text(Path(run_dir) / "model.json", json.dumps(spec))
+
+
+def build_model(run_dir: Path, weights: str | None = "best.pt") -> CumulusLSTM:
+    """The trained model of a run folder (``weights=None``: freshly initialised)."""
     spec = json.loads((Path(run_dir) / "model.json").read_text())
     model = CumulusLSTM(Contract.from_dict(spec["contract"]), spec["stats"], ModelConfig(**spec["model"]))
+    if weights is None:
+        return model.eval()
     state = torch.load(Path(run_dir) / weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"] if "model" in state else state)
     return model.eval()
@@ -185,9 +195,7 @@ def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=Non
             raise ValueError(f"{run_dir} holds a run with other settings; use another --out")
     elif rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        spec = {"contract": contract.to_dict(), "stats": stats, "model": asdict(cfg.model),
-                "store": str(store.root), "init_from": str(init_from) if init_from else None}
-        _atomic_text(run_dir / "model.json", json.dumps(spec))
+        write_model_spec(run_dir, store, cfg.model, init_from)
         _atomic_text(run_dir / "config.yaml", config_text)
     if world > 1:
         dist.barrier()
