@@ -7,7 +7,8 @@
 * ``runtime_call``: for each trained model given with ``--model``: the full runtime call
   (W0AVG update, input checks, features, trigger, recurrent core on triggered columns,
   constraints) over every column of the oracle files, one 64 x 64 tile per file, one thread;
-  in us per column and as a multiple of WRF's MSKF (about 30 us per column on this machine
+  in us per column (all of it, inside ONNX Runtime, and the runtime's own work outside it)
+  and as a multiple of WRF's MSKF (about 30 us per column on this machine
   type, single thread, over the same files).
 
     python bench/bench_runtime.py [--model MODEL.onnx ...] [--oracle DIR] [--quick]
@@ -77,7 +78,7 @@ def inference(run: Path, store, peak: float, batches, threads, seconds) -> dict:
             batch = {k: columns[k][:n] for k in rt.contract.input_names}
             with torch.no_grad():
                 row["pytorch_us_per_column"][f"threads={t},batch={n}"] = \
-                    timed(lambda: model.physical(model(batch)), seconds) / n * 1e6
+                    timed(lambda: model.physical(model(batch), batch), seconds) / n * 1e6
     return row
 
 
@@ -87,7 +88,17 @@ def runtime_call(model: str, files: list, seconds) -> dict:
     from training.wrfout import open_wrfout
 
     rt = Runtime.from_options({"model": model, "threads": 1})
-    total, columns, counts = 0.0, 0, {}
+    # Time inside ONNX Runtime, to tell inference from the runtime's own numpy work.
+    session_run, inference = rt._run, [0.0]
+
+    def timed_run(*args):
+        start = time.perf_counter()
+        result = session_run(*args)
+        inference[0] += time.perf_counter() - start
+        return result
+
+    rt._run = timed_run
+    total, inside, columns, counts = 0.0, 0.0, 0, {}
     for path in files:
         frame = open_wrfout(path, extras=("QCLOUD", "QRAIN", "QICE", "QSNOW"), chunks=None,
                             time=0).isel(Time=0).load()
@@ -97,21 +108,26 @@ def runtime_call(model: str, files: list, seconds) -> dict:
 
         def call():
             arrays = {k: v.copy(order="F") for k, v in base.items()}  # fresh NCA = -100 state
+            inference[0] = 0.0
             start = time.perf_counter()
             c = rt.run_tile(arrays, bounds, frame.attrs["DT"], frame.attrs["DX"], 0.0, 1)
-            call.elapsed, call.counts = time.perf_counter() - start, c
+            call.elapsed, call.inside, call.counts = time.perf_counter() - start, inference[0], c
 
-        elapsed, n = 0.0, 0
+        call()  # warm-up
+        elapsed, in_ort, n = 0.0, 0.0, 0
         while elapsed < seconds or n < 2:
             call()
-            elapsed, n = elapsed + call.elapsed, n + 1
+            elapsed, in_ort, n = elapsed + call.elapsed, in_ort + call.inside, n + 1
         total += elapsed / n
+        inside += in_ort / n
         columns += nx * ny
         counts = {k: counts.get(k, 0) + v for k, v in call.counts.items()}
     us = total / columns * 1e6
     return {"bench": "runtime_call", "model": model, "files": len(files), "columns": columns,
             "triggered_fraction": counts["triggered"] / max(1, counts["evaluated"]),
             "us_per_column": us, "x_mskf": us / MSKF_US_PER_COLUMN,
+            "onnxruntime_us_per_column": inside / columns * 1e6,
+            "other_us_per_column": (total - inside) / columns * 1e6,
             "mskf_reference_us_per_column": MSKF_US_PER_COLUMN}
 
 

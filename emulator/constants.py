@@ -16,3 +16,4 @@ XLS = 2.85e6  # latent heat of sublimation, J kg-1
 XLF = XLS - XLV  # latent heat of fusion, J kg-1
 SVP1, SVP2, SVP3, SVPT0 = 0.6112, 17.67, 29.65, 273.15  # Bolton saturation vapour pressure
 KARMAN = 0.4  # von Karman constant
+MAX_HOLD = 86400.0  # longest convective hold (NCA), s: MSKF caps its time scale at a day

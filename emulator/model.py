@@ -7,25 +7,42 @@ gives the column scalars (PRATEC, NCA, CUTOP, CUBOT) and, by default, the trigge
 ``trigger_hidden > 0`` the trigger comes instead from a small MLP over the column's features,
 which the runtime evaluates first so that the recurrent core runs only where it convects.
 
+Physics the network need not learn (each switched on in the model settings):
+
+* ``level_targets`` (CUBOT, CUTOP): level indices are a choice among levels, so the per-level
+  head gives one logit per level for each and the index is the most likely level (learned by
+  cross-entropy), rather than a regressed number;
+* ``advective_nca``: MSKF holds a deep column's tendencies for NINT(TADVEC / DT) steps, with
+  TADVEC = DX / VCONV and VCONV the mean wind speed at the cloud-base (LCL) level and at the
+  highest level with pressure >= half the lowest level's. NCA is computed so from the
+  predicted CUBOT (= the LCL level) instead of being learned;
+* ``core_top_margin``: MSKF's outputs are zero above the cloud top, so the recurrent core runs
+  only up to the highest CUTOP of the training data plus this many levels, and every level
+  output above the predicted CUTOP is zero.
+
 Targets are learned in normalised units: each output variable divided by one scale for all
 its levels (its standard deviation over triggered training columns, or its absolute maximum
 for the seed-baseline configuration), so that pooled errors weigh levels as the pooled scores
-do; outputs in ``log_targets`` (NCA) are learned as logarithms. ``physical`` turns the
-network's output back into SI units.
+do, or z-scored level by level (``zscore``); outputs in ``log_targets`` are learned as
+logarithms. ``physical`` turns the network's
+output back into SI units.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from emulator import constants as c
 from emulator.contract import Contract
 from emulator.features import ColumnFeatures
 
 
 LOG_REFERENCE = 1800.0  # s, a typical convective time scale
+ZSCORE_FLOOR = 0.1
 
 
 @dataclass
@@ -34,8 +51,12 @@ class ModelConfig:
     layers: int = 2
     dropout: float = 0.0
     input_normalisation: str = "zscore"  # zscore | absmax
-    target_normalisation: str = "std"  # std | absmax
+    # std: each variable / its pooled std; zscore: per level, (x - mean) / std; absmax
+    target_normalisation: str = "std"
     derived_features: bool = True
+    # MSKF's trigger test on each candidate source layer as input channels
+    # (features.source_layer_trigger).
+    trigger_features: bool = False
     column_hidden: int = 64
     # 0: the trigger comes from the Bi-LSTM's column head. > 0: from a separate MLP with this
     # many hidden units over the column's features, so that the runtime decides the trigger
@@ -44,6 +65,14 @@ class ModelConfig:
     # Column outputs learned as ln(x / 1800 s) on the columns where x >= 1 (the convective time
     # scale NCA: it spans two orders of magnitude and its physics is a product of factors).
     log_targets: list = field(default_factory=list)
+    # Column outputs that are 1-based mass-level indices, learned as a choice among levels.
+    level_targets: list = field(default_factory=list)
+    # NCA from the predicted cloud base by MSKF's advective time scale (needs CUBOT in
+    # level_targets).
+    advective_nca: bool = False
+    # None: the recurrent core runs on every level. n: up to the training data's highest
+    # CUTOP + n (needs CUTOP in level_targets).
+    core_top_margin: int | None = None
 
 
 def target_scale(stats: dict, name: str, how: str) -> float:
@@ -51,13 +80,23 @@ def target_scale(stats: dict, name: str, how: str) -> float:
     s = stats["targets"][name]
     if how == "absmax":
         value = max(max(abs(v) for v in s["max"]), max(abs(v) for v in s["min"]))
-    elif how == "std":
+    elif how in ("std", "zscore"):
         mean = torch.tensor(s["mean"], dtype=torch.float64)
         second = torch.tensor(s["std"], dtype=torch.float64) ** 2 + mean**2
         value = float((second.mean() - mean.mean() ** 2).clamp(min=0).sqrt())
     else:
-        raise ValueError(f"target normalisation must be std or absmax, got {how!r}")
+        raise ValueError(f"target normalisation must be std, zscore or absmax, got {how!r}")
     return value if value > 0 else 1.0
+
+
+def level_zscores(stats: dict, name: str) -> tuple:
+    """Per-level mean and standard deviation of a mass-level output (triggered columns), the
+    deviation floored at ZSCORE_FLOOR x the variable's pooled one: levels where convection
+    hardly acts must not dominate the loss."""
+    s = stats["targets"][name]
+    floor = ZSCORE_FLOOR * target_scale(stats, name, "std")
+    std = torch.tensor(s["std"], dtype=torch.float64).clamp(min=floor)
+    return torch.tensor(s["mean"], dtype=torch.float32), std.float()
 
 
 class CumulusLSTM(nn.Module):
@@ -67,12 +106,30 @@ class CumulusLSTM(nn.Module):
         self.cfg = cfg
         self.trigger = contract.outputs[0].name
         self.level_outputs = [v.name for v in contract.outputs if v.level == "mass"]
-        self.column_outputs = [v.name for v in contract.outputs[1:] if v.level != "mass"]
-        self.features = ColumnFeatures(contract, stats, cfg.input_normalisation, cfg.derived_features)
+        columns = [v.name for v in contract.outputs[1:] if v.level != "mass"]
+        self.level_targets = list(cfg.level_targets)
+        self.derived = ["NCA"] if cfg.advective_nca else []
+        # Column outputs the column head regresses.
+        self.column_outputs = [n for n in columns if n not in self.level_targets + self.derived]
+        for name, needs in (("level_targets", set(self.level_targets) - set(columns)),
+                            ("log_targets", set(cfg.log_targets) - set(self.column_outputs))):
+            if needs:
+                raise ValueError(f"model.{name} {sorted(needs)} are not regressed column outputs "
+                                 f"of the contract ({columns})")
+        if cfg.advective_nca and "CUBOT" not in self.level_targets:
+            raise ValueError("model.advective_nca needs CUBOT in model.level_targets")
+        if cfg.core_top_margin is not None and "CUTOP" not in self.level_targets:
+            raise ValueError("model.core_top_margin needs CUTOP in model.level_targets")
+        self.log_targets = set(cfg.log_targets)
+        self.n_core = contract.n_levels if cfg.core_top_margin is None else min(
+            contract.n_levels, int(max(stats["targets"]["CUTOP"]["max"])) + cfg.core_top_margin)
+
+        self.features = ColumnFeatures(contract, stats, cfg.input_normalisation, cfg.derived_features,
+                                       cfg.trigger_features)
         self.project = nn.Linear(self.features.channels, cfg.hidden)
-        self.lstm = nn.LSTM(cfg.hidden, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+        self.lstm = nn.LSTM(cfg.hidden, cfg.hidden, num_layers=cfg.layers,
                             bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.level_head = nn.Linear(2 * cfg.hidden, len(self.level_outputs))
+        self.level_head = nn.Linear(2 * cfg.hidden, len(self.level_outputs) + len(self.level_targets))
         self.separate_trigger = cfg.trigger_hidden > 0
         self.column_head = nn.Sequential(
             nn.Linear(4 * cfg.hidden, cfg.column_hidden), nn.GELU(),
@@ -84,24 +141,36 @@ class CumulusLSTM(nn.Module):
         scales = [target_scale(stats, n, cfg.target_normalisation)
                   for n in self.level_outputs + self.column_outputs]
         self.register_buffer("target_scale", torch.tensor(scales, dtype=torch.float32))
-        unknown = set(cfg.log_targets) - set(self.column_outputs)
-        if unknown:
-            raise ValueError(f"log_targets {sorted(unknown)} are not column outputs {self.column_outputs}")
-        self.log_targets = set(cfg.log_targets)
+        if cfg.target_normalisation == "zscore":
+            shift, scale = zip(*(level_zscores(stats, n) for n in self.level_outputs))
+            self.register_buffer("target_level_shift", torch.stack(shift))
+            self.register_buffer("target_level_scale", torch.stack(scale))
 
     def forward(self, inputs: dict) -> dict:
-        """Normalised outputs: the trigger logit and every target divided by its scale."""
-        x = self.features(inputs)
-        h, _ = self.lstm(torch.tanh(self.project(x)))
-        per_level = self.level_head(h)  # (batch, levels, variables)
-        pooled = torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=-1)
+        """Normalised outputs: the trigger logit, every regressed target divided by its scale
+        and, for each level target, one logit per level of the core (batch, n_core)."""
+        return self.heads(self.features(inputs))
+
+    def heads(self, x: torch.Tensor) -> dict:
+        """``forward`` from the features (batch, channels, levels)."""
+        # Levels first for the recurrent core: (core levels, batch, hidden).
+        projected = torch.matmul(self.project.weight, x[:, :, :self.n_core]) + self.project.bias[:, None]
+        h, _ = self.lstm(torch.tanh(projected.permute(2, 0, 1)))
+        per_level = self.level_head(h).permute(2, 1, 0)  # (variables, batch, core levels)
+        # (The maximum as a chain of element-wise maxima: ONNX Runtime reduces over a leading
+        # axis slowly.)
+        pooled = torch.cat([h.mean(dim=0), functools.reduce(torch.maximum, h.unbind(0))], dim=-1)
         column = self.column_head(pooled)
         if self.separate_trigger:
             out = {self.trigger: self.trigger_net(x.flatten(1))[:, 0]}
         else:
             out, column = {self.trigger: column[:, 0]}, column[:, 1:]
+        above = self.contract.n_levels - self.n_core
         for k, name in enumerate(self.level_outputs):
-            out[name] = per_level[:, :, k]
+            # Nothing is learned above the core: the training data are zero there.
+            out[name] = nn.functional.pad(per_level[k], (0, above))
+        for k, name in enumerate(self.level_targets):
+            out[name] = per_level[len(self.level_outputs) + k]
         for k, name in enumerate(self.column_outputs):
             out[name] = column[:, k]
         return out
@@ -111,20 +180,52 @@ class CumulusLSTM(nn.Module):
         return self.target_scale[names.index(name)]
 
     def normalised_target(self, name: str, value: torch.Tensor) -> tuple:
-        """A target in the network's units, and the columns it is learned on (None: all)."""
+        """A target in the network's units, and the columns it is learned on (None: all).
+        Level targets become 0-based class indices within the core."""
+        if name in self.level_targets:
+            return (value.round().long() - 1).clamp(0, self.n_core - 1), None
         if name in self.log_targets:
             return torch.log(value.clamp(min=1.0) / LOG_REFERENCE), value >= 1.0
+        if self.cfg.target_normalisation == "zscore" and name in self.level_outputs:
+            k = self.level_outputs.index(name)
+            return (value - self.target_level_shift[k]) / self.target_level_scale[k], None
         return value / self.scale_of(name), None
 
-    def physical(self, normalised: dict) -> dict:
+    def physical(self, normalised: dict, inputs: dict) -> dict:
         """Outputs in SI units; the trigger as a probability."""
         out = {self.trigger: torch.sigmoid(normalised[self.trigger])}
-        for name, value in normalised.items():
+        for name in self.level_outputs + self.column_outputs:
+            value = normalised[name]
             if name in self.log_targets:
                 out[name] = torch.exp(value) * LOG_REFERENCE
-            elif name != self.trigger:
+            elif self.cfg.target_normalisation == "zscore" and name in self.level_outputs:
+                k = self.level_outputs.index(name)
+                out[name] = value * self.target_level_scale[k] + self.target_level_shift[k]
+            else:
                 out[name] = value * self.scale_of(name)
+        for name in self.level_targets:
+            out[name] = (normalised[name].argmax(dim=1) + 1).float()
+        if "CUTOP" in self.level_targets:
+            levels = torch.arange(1, self.contract.n_levels + 1, device=out["CUTOP"].device)
+            below_top = (levels.unsqueeze(0) <= out["CUTOP"].unsqueeze(1)).float()
+            for name in self.level_outputs:
+                out[name] = out[name] * below_top
+        if self.cfg.advective_nca:
+            out["NCA"] = advective_time(inputs, out["CUBOT"])
         return out
+
+
+def advective_time(inputs: dict, cloud_base: torch.Tensor) -> torch.Tensor:
+    """MSKF's advective time scale TADVEC = DX / VCONV (s) of columns whose LCL is the 1-based
+    level ``cloud_base``: VCONV is the mean of the wind speeds at the LCL and at the highest
+    level whose pressure is at least half the lowest level's."""
+    u, v, p = inputs["U_PHY"], inputs["V_PHY"], inputs["P_HYD"]
+    speed = torch.sqrt(u * u + v * v)
+    mid = (p >= 0.5 * p[:, :1]).sum(dim=1, keepdim=True) - 1
+    base = (cloud_base.long() - 1).clamp(0, p.shape[1] - 1).unsqueeze(1)
+    vconv = 0.5 * (speed.gather(1, base) + speed.gather(1, mid))[:, 0]
+    # A calm column would hold forever; WRF's counter is real, so cap at a day.
+    return torch.clamp(inputs["DX"].reshape(-1) / vconv.clamp(min=1e-3), max=c.MAX_HOLD)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -133,12 +234,12 @@ def count_parameters(model: nn.Module) -> int:
 
 def flops_per_column(model: CumulusLSTM) -> int:
     """Multiply-adds x 2 of one column's forward pass (matrix products only)."""
-    n, h, cfg = model.contract.n_levels, model.cfg.hidden, model.cfg
+    n, h, cfg = model.n_core, model.cfg.hidden, model.cfg
     flops = 2 * n * model.features.channels * h  # projection
     for layer in range(cfg.layers):
         inp = h if layer == 0 else 2 * h
         flops += 2 * 2 * n * 4 * h * (inp + h)  # two directions, four gates
-    flops += 2 * n * 2 * h * len(model.level_outputs)
+    flops += 2 * n * 2 * h * (len(model.level_outputs) + len(model.level_targets))
     flops += 2 * (4 * h * cfg.column_hidden + cfg.column_hidden * (1 + len(model.column_outputs)))
     return flops + trigger_flops_per_column(model)
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from emulator import constants as c
 from emulator.contract import Contract, ContractError
 from emulator.derive import height_above_ground_from_thickness
 
@@ -44,8 +45,9 @@ COLUMN_RECIPES = {"height_above_ground": ("DZ8W", height_above_ground_from_thick
 WATER = {"RQVCUTEN": "QVAPOR", "RQCCUTEN": "QCLOUD", "RQRCUTEN": "QRAIN",
          "RQICUTEN": "QICE", "RQSCUTEN": "QSNOW"}
 CLOUD_RANGES = {"CLDFRA_DP": (0.01, 0.6), "CLDFRA_SH": (0.01, 0.2)}  # MSKF's in-cloud ranges
-NCA_MAX = 86400.0
 SAFETY = 0.999  # margin of the vapour limit, for float32 rounding of the stored tendencies
+# The column features, an extra output of two-stage models (emulator.export).
+FEATURES_OUTPUT = "mlcu_features"
 # Outputs the runtime writes besides the model's (MSKF's RAINCV; the physics-fallback flag).
 EXTRA_OUTPUTS = ("RAINCV", "FALLBACK")
 LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
@@ -135,7 +137,8 @@ class Runtime:
         check_metadata(path, meta)
         # Two stages when the trigger has its own network: ONNX Runtime computes every node of
         # a graph whatever outputs are asked for, so the trigger and the profiles get one
-        # session each, cut from the same graph.
+        # session each, cut from the same graph. The trigger stage also returns the column
+        # features (when the model exports them), which the core then takes as they are.
         self.trigger_session = None
         if meta.get("mlcu.trigger_stage") == "separate":
             import onnx
@@ -143,14 +146,15 @@ class Runtime:
 
             proto = onnx.load(str(path))
             names = [i.name for i in proto.graph.input]
-            outputs = [o.name for o in proto.graph.output]
+            outputs = [o.name for o in proto.graph.output if o.name != FEATURES_OUTPUT]
+            staged = [FEATURES_OUTPUT] if len(outputs) < len(proto.graph.output) else []
             cut = onnx.utils.Extractor(proto)
             self.trigger_session = ort.InferenceSession(
-                cut.extract_model(names, outputs[:1]).SerializeToString(), session_options,
-                providers=providers)
+                cut.extract_model(names, outputs[:1] + staged).SerializeToString(),
+                session_options, providers=providers)
             self.session = ort.InferenceSession(
-                cut.extract_model(names, outputs[1:]).SerializeToString(), session_options,
-                providers=providers)
+                cut.extract_model(names + staged, outputs[1:]).SerializeToString(),
+                session_options, providers=providers)
         try:
             self.contract = Contract.from_json(meta["mlcu.contract"])
             if options.n_levels is not None:
@@ -196,18 +200,35 @@ class Runtime:
         names = [o.name for o in session.get_outputs()]
         outputs = {name: [] for name in names}
         for start in range(0, n, self.options.batch_columns):
-            feed = {k: np.ascontiguousarray(inputs[k][start:start + self.options.batch_columns],
-                                            dtype=np.float32) for k in self.contract.input_names}
+            feed = {i.name: np.ascontiguousarray(inputs[i.name][start:start + self.options.batch_columns],
+                                                 dtype=np.float32) for i in session.get_inputs()}
             for name, value in zip(names, session.run(names, feed)):
                 outputs[name].append(value)
         return {k: np.concatenate(v) for k, v in outputs.items()}
 
+    def _two_stages(self, inputs: dict) -> tuple[np.ndarray, dict]:
+        """(trigger fired, outputs of the columns that fired): the trigger stage on every
+        column, the core on those that fire, one batch at a time."""
+        n = len(inputs[self.contract.inputs[0].name])
+        fired, outputs = [], []
+        for start in range(0, n, self.options.batch_columns):
+            batch = {k: v[start:start + self.options.batch_columns] for k, v in inputs.items()}
+            first = self._run(self.trigger_session, batch)
+            fires = first.pop(self.trigger) >= self.options.trigger_threshold
+            fired.append(fires)
+            if fires.any():
+                outputs.append(self._run(self.session, {k: v[fires] for k, v in (batch | first).items()}))
+        out = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
+        return np.concatenate(fired), out
+
     def predict_columns(self, inputs: dict) -> dict:
         """Raw model outputs (physical units, TRIGGER a probability) of columns given as
         {contract input: (column, values) or (column,)}; no gating, no constraints."""
-        out = self._run(self.session, inputs)
-        if self.trigger_session is not None:
-            out[self.trigger] = self._run(self.trigger_session, inputs)[self.trigger]
+        if self.trigger_session is None:
+            out = self._run(self.session, inputs)
+        else:
+            first = self._run(self.trigger_session, inputs)
+            out = self._run(self.session, inputs | first) | {self.trigger: first[self.trigger]}
         return {name: out[name] for name in self.contract.output_names}
 
     def _ood_bounds(self):
@@ -270,11 +291,10 @@ class Runtime:
             counts["fallback"] = counts["ood"]
         if not keep.any():
             return counts
-        run = {k: v[keep] for k, v in inputs.items()}
+        run = inputs if keep.all() else {k: v[keep] for k, v in inputs.items()}
         if self.trigger_session is not None:  # the recurrent core only where it convects
-            fires = self._run(self.trigger_session, run)[self.trigger] >= self.options.trigger_threshold
+            fires, out = self._two_stages(run)
             run = {k: v[fires] for k, v in run.items()}
-            out = self._run(self.session, run) if fires.any() else {}
         else:
             out = self._run(self.session, run)
             fires = out[self.trigger] >= self.options.trigger_threshold
@@ -413,7 +433,7 @@ def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) ->
     """Triggered columns' predictions made physically consistent, as the scheme would leave them.
 
     * Deep or shallow: deep where the column's largest deep cloud fraction is at least its
-      largest shallow one (MSKF fills exactly one of the two). Shallow convection gives no
+      largest shallow one (MSKF fills exactly one of the two) and is a cloud (>= 0.005). Shallow convection gives no
       rain and holds for CUDT minutes (NCA = CUDT 60 s); deep convection holds for a whole
       number of steps NCA = max(1, rint(NCA / DT)) DT, at most a day.
     * Cloud fractions: the other kind zeroed; values below 0.005 are no cloud, others clipped
@@ -433,7 +453,8 @@ def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) ->
     * CUTOP, CUBOT: whole level indices within 1..levels, CUTOP >= CUBOT.
     """
     res = {name: value.astype(np.float64) for name, value in out.items()}
-    deep = res["CLDFRA_DP"].max(axis=1) >= res["CLDFRA_SH"].max(axis=1)
+    deepest = res["CLDFRA_DP"].max(axis=1)
+    deep = (deepest >= res["CLDFRA_SH"].max(axis=1)) & (deepest >= 0.5 * CLOUD_RANGES["CLDFRA_DP"][0])
     shallow = ~deep
     for name, (lo, hi) in CLOUD_RANGES.items():
         x = np.where(res[name] < 0.5 * lo, 0.0, np.clip(res[name], lo, hi))
@@ -444,7 +465,7 @@ def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) ->
         res[name] = np.maximum(res[name], 0.0)
 
     steps = np.maximum(1.0, np.rint(res["NCA"] / dt))
-    steps = np.minimum(steps, np.floor(NCA_MAX / dt))
+    steps = np.minimum(steps, np.floor(c.MAX_HOLD / dt))
     res["NCA"] = np.where(deep, steps * dt, cudt * 60.0)
     res["PRATEC"] = np.where(deep, np.maximum(res["PRATEC"], 0.0), 0.0)
 

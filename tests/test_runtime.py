@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from emulator.export import ExportError, export
-from emulator.runtime import EmulatorError, Runtime, constrain
+from emulator.runtime import FEATURES_OUTPUT, EmulatorError, Runtime, constrain
 from training.replay import wrf_arrays
 from training.wrfout import open_wrfout
 
@@ -136,6 +136,18 @@ def test_tile_matches_the_model_on_columns_and_leaves_halos_alone(onnx_model, on
     got = inner(arrays["RTHCUTEN"])[:, :44, :].transpose(2, 0, 1).reshape(120, 44)
     np.testing.assert_allclose(got, expected["RTHCUTEN"], rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(inner(arrays["PRATEC"]).T.ravel(), expected["PRATEC"], rtol=1e-5, atol=1e-12)
+    if stages == "separate":  # the two sessions, features handed over, = the whole graph
+        import onnxruntime as ort
+
+        assert FEATURES_OUTPUT in [o.name for o in rt.trigger_session.get_outputs()]
+        assert FEATURES_OUTPUT in [i.name for i in rt.session.get_inputs()]
+        whole = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        names = rt.contract.output_names
+        feed = {k: np.ascontiguousarray(cols[k], np.float32) for k in rt.contract.input_names}
+        reference = dict(zip(names, whole.run(names, feed)))
+        staged = rt.predict_columns(cols)
+        for name in names:
+            np.testing.assert_allclose(staged[name], reference[name], rtol=1e-6, atol=1e-12, err_msg=name)
 
 
 def test_w0avg_update_every_column_and_hold(onnx_model, frame):

@@ -20,8 +20,9 @@
 * ``shallow``: NCA < DT/2 with heating or moistening: recomputed on every call;
 * ``deep``: NCA >= DT/2 and, with TIMEC_KF in the file, NCA = TIMEC_KF - k DT for k in
   0..STEPCU: triggered at the last call (k = 0 right after a call, k = 1 after WRF's countdown
-  at the end of the same step). MSKF sets NCA = TIMEC unless the advective time is shorter;
-  fresh columns where it is shorter cannot be told from held ones and are counted as held.
+  at the end of the same step). MSKF's NCA is always its advective time NINT(TADVEC / DT) DT,
+  while TIMEC_KF = max(TADVEC, its dynamic time scale): fresh columns where the dynamic one is
+  longer cannot be told from held ones and are counted as held.
   A held column can never match (its NCA is at least a call's worth below TIMEC_KF - DT);
 * ``held``: any other NCA >= DT/2: tendencies from an earlier call, or of unknown age when the
   file has no TIMEC_KF (add ``timec_kf`` through iofields, with kf_edrates = 1);

@@ -5,7 +5,8 @@ Predictions are taken as WRF would use them: where the predicted trigger probabi
 given on the triggered columns (truth trigger) and on all columns; the store holds only
 columns the scheme freshly computed. Also: trigger accuracy, precision, recall, F1 and CSI;
 precipitation R2, bias and equitable threat score at several thresholds; NCA error in time
-steps on deep columns; physics checks on the predicted columns (column water budget residual
+steps on deep columns; cloud base and top levels exact and within one level (on columns both
+the truth and the model trigger); physics checks on the predicted columns (column water budget residual
 against PRATEC, and the fraction of columns whose vapour would go negative over the predicted
 hold time). Several models are compared side by side in one report.
 """
@@ -26,6 +27,7 @@ from training.train import build_model
 ETS_THRESHOLDS_MM_H = (0.1, 1.0, 5.0, 10.0)
 PHYSICS_INPUTS = ("RHO", "DZ8W", "QVAPOR", "P_HYD", "DT")
 DEEP = 2
+LEVEL_INDICES = ("CUBOT", "CUTOP")
 
 
 class Predictor:
@@ -47,7 +49,7 @@ class Predictor:
     def __call__(self, batch: dict) -> dict:
         if self.runtime is not None:
             return self.runtime.predict_columns({k: batch[k].numpy() for k in self.inputs})
-        return {k: v.numpy() for k, v in self.model.physical(self.model(batch)).items()}
+        return {k: v.numpy() for k, v in self.model.physical(self.model(batch), batch).items()}
 
 
 def predict(model: Predictor, store: Store, split: str) -> tuple[dict, dict]:
@@ -80,12 +82,15 @@ def score(truth: dict, pred: dict, trigger: str, column_class: np.ndarray) -> di
     water = {n: pred[n] for n in metrics.WATER_TENDENCIES if n in pred}
     residual = metrics.water_budget_residual(water, truth["RHO"], truth["DZ8W"], pred["PRATEC"])[fires]
     hold = np.maximum(pred["NCA"], truth["DT"])
+    both = triggered & fires
     return {
         "regression": regression,
         "trigger": metrics.trigger_scores(triggered, fires),
         "precipitation": {"r2": rain["r2"], "bias_mm_per_h": rain["bias"],
                           "ets": metrics.equitable_threat_scores(rain_true, rain_pred, ETS_THRESHOLDS_MM_H)},
         "nca": metrics.nca_step_errors(truth["NCA"][deep], pred["NCA"][deep], truth["DT"][deep]),
+        "cloud_levels": {name: metrics.level_index_scores(truth[name][both], pred[name][both])
+                         for name in LEVEL_INDICES},
         "physics": {
             "water_budget_residual_mm_per_h": {
                 "mean_abs": float(np.mean(np.abs(residual)) * 3600) if residual.size else None,

@@ -101,6 +101,14 @@ def nca_step_errors(truth, pred, dt) -> dict:
             "n": n}
 
 
+def level_index_scores(truth, pred) -> dict:
+    """Agreement of 1-based level indices (N,): fraction exact, fraction within one level, count."""
+    diff = np.abs(np.rint(np.asarray(pred, dtype=np.float64)) - np.asarray(truth, dtype=np.float64))
+    n = int(diff.size)
+    return {"exact_fraction": float(np.mean(diff == 0)) if n else None,
+            "within_one_fraction": float(np.mean(diff <= 1)) if n else None, "n": n}
+
+
 def water_budget_residual(tendencies: dict, rho, dz, pratec) -> np.ndarray:
     """Column water budget residual (N,) in mm s-1.
 

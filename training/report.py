@@ -82,6 +82,11 @@ def _markdown(title, results):
         [m, _fmt(_get(results[m], "nca", "within_one_step_fraction"), ".1%"),
          _fmt(_get(results[m], "nca", "mean_abs_steps")), _fmt(_get(results[m], "nca", "n"), "d")]
         for m in models])
+    lines += ["## Cloud base and top levels", ""] + _table(
+        ["Model", "CUBOT exact", "CUBOT within one", "CUTOP exact", "CUTOP within one"],
+        [[m] + [_fmt(_get(results[m], "cloud_levels", v, k), ".1%")
+                for v in ("CUBOT", "CUTOP") for k in ("exact_fraction", "within_one_fraction")]
+         for m in models])
     lines += ["## Physics", ""] + _table(
         ["Model", "Water residual mean abs (mm/h)", "Water residual p99 abs (mm/h)",
          "Negative water fraction"],

@@ -17,8 +17,9 @@ GPU); rank 0 writes. On a GPU the forward pass runs in bfloat16 autocast.
 Loss: binary cross-entropy of the trigger logit (weight ``trigger_weight``) plus the weighted
 mean over output variables of the regression error (``mse`` or ``mae``) in normalised units,
 over the triggered columns of the batch only (``variable_weights`` per variable, default 1);
-outputs in ``model.log_targets`` are learned in log space on the columns where they are >= 1
-(NCA: deep convection; shallow convection's NCA is CUDT x 60 s, set by the runtime).
+outputs in ``model.log_targets`` are learned in log space on the columns where they are >= 1;
+``model.level_targets`` (CUBOT, CUTOP) by cross-entropy over the levels; NCA, when
+``model.advective_nca`` derives it from the cloud base, not at all.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class TrainConfig:
     variable_weights: dict = field(default_factory=dict)
     block_size: int = 4096
     train_fraction: float = 1.0  # of the training files (learning curves)
+    # Rotate each training column's horizontal wind and momentum tendencies by a random
+    # angle: MSKF does not depend on the wind's direction (an exact symmetry).
+    rotate_winds: bool = False
     threads: int = 0  # torch CPU threads per process; 0 = torch's default
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -115,10 +119,13 @@ def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig) -> 
     denominator = mask.sum().clamp(min=1.0)
     regression = out[trigger].new_zeros(())
     weight_sum = 0.0
-    for name in model.level_outputs + model.column_outputs:
+    for name in model.level_outputs + model.column_outputs + model.level_targets:
         target, learned_on = model.normalised_target(name, batch[name])
-        err = out[name] - target
-        per_column = err.abs() if cfg.loss == "mae" else err.square()
+        if name in model.level_targets:
+            per_column = torch.nn.functional.cross_entropy(out[name], target, reduction="none")
+        else:
+            err = out[name] - target
+            per_column = err.abs() if cfg.loss == "mae" else err.square()
         if per_column.dim() == 2:
             per_column = per_column.mean(dim=1)
         w = cfg.variable_weights.get(name, 1.0)
@@ -130,6 +137,22 @@ def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig) -> 
         weight_sum += w
     regression = regression / weight_sum
     return cfg.trigger_weight * loss_trigger + regression, loss_trigger, regression
+
+
+WIND_PAIRS = (("U_PHY", "V_PHY"), ("RUCUTEN", "RVCUTEN"))
+
+
+def rotate_winds(batch: dict, generator: torch.Generator) -> dict:
+    """The batch with every column's (u, v) input and tendency pairs turned by one random angle."""
+    n = len(next(iter(batch.values())))
+    angle = torch.rand(n, 1, generator=generator) * (2.0 * math.pi)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    out = dict(batch)
+    for u, v in WIND_PAIRS:
+        if u in batch and v in batch:
+            out[u] = cos * batch[u] - sin * batch[v]
+            out[v] = sin * batch[u] + cos * batch[v]
+    return out
 
 
 def _select_files(store: Store, fraction: float, seed: int) -> set | None:
@@ -159,7 +182,7 @@ def validate(model: CumulusLSTM, batches, cfg: TrainConfig) -> dict:
         triggered = batch[model.trigger].numpy() > 0.5
         trig_true.append(triggered)
         trig_pred.append(out[model.trigger].numpy() > 0)
-        phys = model.physical(out)
+        phys = model.physical(out, batch)
         for name in headline:
             truth[name].append(batch[name].numpy()[triggered].ravel())
             pred[name].append(phys[name].numpy()[triggered].ravel())
@@ -234,10 +257,13 @@ def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=Non
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
         epoch = state["epoch"]
         train_data.set_epoch(epoch)
+        turns = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
         started, seen, running = time.perf_counter(), 0, 0.0
         bar = tqdm(train_data, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress or rank != 0, leave=False)
         for batch in bar:
+            if cfg.rotate_winds:
+                batch = rotate_winds(batch, turns)
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 out = net(batch)

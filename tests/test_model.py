@@ -1,0 +1,146 @@
+"""The network's physics pieces: MSKF's advective hold time, its trigger test on source layers,
+level indices as a choice among levels and the recurrent core cut above the cloud tops."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from emulator.contract import default_contract
+from emulator.features import source_layer_trigger
+from emulator.model import CumulusLSTM, ModelConfig, advective_time
+from training.columns import extract
+from training.data import ColumnBatches
+from training.store import Store
+from training.train import TrainConfig, loss_terms
+from training.wrfout import open_wrfout
+
+DEEP = 2
+
+
+def _oracle_columns(path):
+    """Contract columns of one oracle file (through the pipeline's own extraction) as torch
+    tensors, the MSKF column classes and DT."""
+    contract = default_contract()
+    frame = open_wrfout(path, contract, chunks=None).isel(Time=0)
+    unit = extract(frame, contract.with_levels(frame.sizes["bottom_top"]), 1, "single_call")
+    columns = {k: torch.from_numpy(v[:, 0] if v.shape[1] == 1 else v) for k, v in unit.arrays.items()}
+    return columns, unit.column_class, float(frame.attrs["DT"])
+
+
+def test_advective_time_from_the_cloud_base_is_mskf_nca(oracle_files):
+    """MSKF holds a deep column for NINT(DX / VCONV / DT) steps: from the true cloud base the
+    formula reproduces every deep column's NCA of every oracle file."""
+    for path in oracle_files:
+        columns, kind, dt = _oracle_columns(path)
+        deep = kind == DEEP
+        assert deep.sum() > 1000
+        nca = np.rint(advective_time(columns, columns["CUBOT"]).numpy() / dt) * dt
+        np.testing.assert_array_equal(nca[deep], columns["NCA"].numpy()[deep], err_msg=path.name)
+
+
+def test_trigger_test_passes_wherever_mskf_convected(oracle_files):
+    for path in oracle_files[1::3]:
+        columns, kind, _ = _oracle_columns(path)
+        test, cloud_base, lcls, buoyancy = source_layer_trigger(columns, bases=16)
+        active = kind > 0
+        passes = (cloud_base.sum(dim=1) == 1).numpy()
+        assert set(np.unique(cloud_base.numpy())) <= {0.0, 1.0}
+        # MSKF's dew point comes from a table and its sums run in another order: a few
+        # marginal columns may differ.
+        assert passes[active].mean() > 0.998, f"{path.name}: no source layer passes where MSKF convected"
+        assert passes[~active].mean() < 0.6
+        # The first layer that passes usually has MSKF's cloud base as its LCL.
+        base = cloud_base.argmax(dim=1).numpy() + 1
+        assert np.mean(base[active] == columns["CUBOT"].numpy()[active]) > 0.6
+        # ... and MSKF's cloud base is always the LCL of one of the layers that pass.
+        cubot = columns["CUBOT"].numpy().astype(int)[active] - 1
+        assert np.mean(lcls.numpy()[active][np.arange(cubot.size), cubot] == 1) > 0.99
+        assert (test.numpy() >= -2).all() and (test.numpy() <= 2).all()
+        assert torch.isfinite(buoyancy).all() and (buoyancy[active].amax(dim=1) > 0).float().mean() > 0.9
+
+
+@pytest.fixture(scope="module")
+def batch_and_model(synthetic_store):
+    store = Store(synthetic_store)
+    contract = store.contract()
+    stats = json.loads(store.path("stats.json").read_text())
+    cfg = ModelConfig(hidden=8, layers=1, column_hidden=8, level_targets=["CUBOT", "CUTOP"],
+                      advective_nca=True, core_top_margin=2, trigger_features=True)
+    torch.manual_seed(0)
+    model = CumulusLSTM(contract, stats, cfg)
+    batch = next(iter(ColumnBatches(store, "train", contract, 256, shuffle=False)))
+    return batch, model, stats
+
+
+def test_level_targets_core_and_advective_nca(batch_and_model):
+    batch, model, stats = batch_and_model
+    n = model.contract.n_levels
+    assert model.n_core == min(n, int(max(stats["targets"]["CUTOP"]["max"])) + 2)
+    assert "NCA" not in model.column_outputs and "CUBOT" not in model.column_outputs
+    with torch.no_grad():
+        out = model(batch)
+        phys = model.physical(out, batch)
+    assert out["CUBOT"].shape == (256, model.n_core)
+    for name in ("CUBOT", "CUTOP"):
+        level = phys[name].numpy()
+        assert np.array_equal(level, np.rint(level)) and level.min() >= 1 and level.max() <= model.n_core
+    above = np.arange(1, n + 1)[None, :] > phys["CUTOP"].numpy()[:, None]
+    for name in model.level_outputs:
+        assert (phys[name].numpy()[above] == 0).all(), f"{name} non-zero above the cloud top"
+    np.testing.assert_array_equal(phys["NCA"].numpy(), advective_time(batch, phys["CUBOT"]).numpy())
+
+
+def test_level_targets_are_learned_by_cross_entropy(batch_and_model):
+    batch, model, _ = batch_and_model
+    out = model(batch)
+    loss, _, regression = loss_terms(model, out, batch, TrainConfig())
+    loss.backward()
+    # The level head's logit rows for CUBOT and CUTOP get gradient from the classification.
+    rows = model.level_head.weight.grad[len(model.level_outputs):]
+    assert rows.abs().sum() > 0 and torch.isfinite(loss)
+
+
+def test_inconsistent_physics_settings_are_refused(synthetic_store):
+    store = Store(synthetic_store)
+    stats = json.loads(store.path("stats.json").read_text())
+    contract = default_contract().with_levels(store.contract().n_levels)
+    for bad in (dict(advective_nca=True), dict(core_top_margin=2),
+                dict(level_targets=["PRATEC", "RTHCUTEN"]), dict(log_targets=["CUBOT"], level_targets=["CUBOT"])):
+        with pytest.raises(ValueError):
+            CumulusLSTM(contract, stats, ModelConfig(**bad))
+
+
+def test_level_zscore_targets_round_trip(synthetic_store):
+    store = Store(synthetic_store)
+    contract, stats = store.contract(), json.loads(store.path("stats.json").read_text())
+    model = CumulusLSTM(contract, stats, ModelConfig(hidden=8, layers=1, column_hidden=8,
+                                                     target_normalisation="zscore"))
+    batch = next(iter(ColumnBatches(store, "train", contract, 128, shuffle=False)))
+    normalised = {model.trigger: torch.zeros(128)}
+    for name in model.level_outputs + model.column_outputs:
+        normalised[name], _ = model.normalised_target(name, batch[name])
+    back = model.physical(normalised, batch)
+    for name in model.level_outputs + model.column_outputs:
+        np.testing.assert_allclose(back[name].numpy(), batch[name].numpy(), rtol=1e-5,
+                                   atol=1e-6 * float(batch[name].abs().max()) + 1e-30, err_msg=name)
+    # Per level: triggered training columns have mean 0 where the variable varies.
+    k = model.level_outputs.index("RTHCUTEN")
+    assert model.target_level_scale[k].min() > 0
+
+
+def test_wind_rotation_keeps_speeds_and_turns_tendencies_with_the_wind(batch_and_model):
+    from training.train import rotate_winds
+
+    batch, model, _ = batch_and_model
+    turned = rotate_winds(batch, torch.Generator().manual_seed(3))
+    speed = lambda b, u, v: torch.hypot(b[u], b[v])
+    torch.testing.assert_close(speed(turned, "U_PHY", "V_PHY"), speed(batch, "U_PHY", "V_PHY"))
+    torch.testing.assert_close(speed(turned, "RUCUTEN", "RVCUTEN"), speed(batch, "RUCUTEN", "RVCUTEN"))
+    dot = lambda b: b["U_PHY"] * b["RUCUTEN"] + b["V_PHY"] * b["RVCUTEN"]
+    torch.testing.assert_close(dot(turned), dot(batch), rtol=1e-4, atol=1e-9)
+    assert not torch.equal(turned["U_PHY"], batch["U_PHY"])
+    assert torch.equal(turned["T_PHY"], batch["T_PHY"])
+    # The hold time depends on wind speeds only.
+    torch.testing.assert_close(advective_time(turned, batch["CUBOT"]), advective_time(batch, batch["CUBOT"]))
