@@ -99,8 +99,10 @@ def test_real_wrf_history(ideal_files, tmp_path):
     report = prepare(config(ideal_files, tmp_path / "store", "split.validation_fraction=0.3"))
     total = report["columns"]["total"]
     assert report["files"]["read"] == 7 and total["columns"] == 7 * 4096
-    assert total["held"] > 500  # deep columns held by NCA (no TIMEC_KF: age unknown)
-    assert total["deep"] == 0 and total["shallow"] > 5000
+    assert total["held"] > 500  # deep columns held by NCA from earlier calls
+    # Deep columns the last call set: their NCA is MSKF's advective time from the frame's own
+    # cloud base and winds, less WRF's countdown (the files have no TIMEC_KF).
+    assert 10 <= total["deep"] <= 100 and total["shallow"] > 5000
     assert total["kept"] + total["held"] + total["expired"] + total["not_called"] \
         + total["dropped_nonfinite"] == total["columns"]
     store = Store(tmp_path / "store")
@@ -108,6 +110,10 @@ def test_real_wrf_history(ideal_files, tmp_path):
     assert np.isfinite(ds.ZOL.values).all()
     shallow = ds.COLUMN_CLASS.values == 1
     assert (ds.TRIGGER.values[shallow] == 1).all() and (ds.PRATEC.values[shallow] == 0).all()
+    deep = ds.COLUMN_CLASS.values == 2
+    steps = ds.NCA.values[deep] / 30.0  # DT
+    assert deep.sum() == total["deep"] and np.allclose(steps, np.rint(steps)) and (steps >= 1).all()
+    assert (ds.PRATEC.values[deep] > 0).all()
 
 
 def test_synthetic_store_classes(synthetic_files, tmp_path):

@@ -18,19 +18,17 @@
 * ``inactive``: NCA < DT/2 and no cumulus output: evaluated by the last call, not triggered
   (NCA = -100 in columns that never convected);
 * ``shallow``: NCA < DT/2 with heating or moistening: recomputed on every call;
-* ``deep``: NCA >= DT/2 and, with TIMEC_KF in the file, NCA = TIMEC_KF - k DT for k in
-  0..STEPCU: triggered at the last call (k = 0 right after a call, k = 1 after WRF's countdown
-  at the end of the same step). MSKF's NCA is always its advective time NINT(TADVEC / DT) DT,
-  while TIMEC_KF = max(TADVEC, its dynamic time scale): fresh columns where the dynamic one is
-  longer cannot be told from held ones and are counted as held.
-  A held column can never match (its NCA is at least a call's worth below TIMEC_KF - DT);
-* ``held``: any other NCA >= DT/2: tendencies from an earlier call, or of unknown age when the
-  file has no TIMEC_KF (add ``timec_kf`` through iofields, with kf_edrates = 1);
+* ``deep``: NCA >= DT/2 with heating or moistening, set by the last call (``call_lag``): MSKF
+  sets NCA to its advective time NINT(TADVEC / DT) DT, which the frame's cloud base and winds
+  give again, so NCA = that - k DT for k in 0..STEPCU (k = 0 right after a call, k = 1 after
+  WRF's countdown at the end of the same step); with TIMEC_KF in the file (``timec_kf``
+  through iofields, with kf_edrates = 1), NCA = TIMEC_KF - k DT also counts;
+* ``held``: any other NCA >= DT/2: tendencies from an earlier call;
 * ``expired``: NCA < DT/2 with zero heating and moistening but other outputs left over
   (advance_ppt zeroes only the thermodynamic tendencies when a hold expires).
 
 Only inactive, shallow and deep columns are training samples; the others are counted. The NCA
-target of a deep column is the value the call set (TIMEC_KF), before WRF's countdown. Columns
+target of a deep column is the value the call set, before WRF's countdown. Columns
 with NaN or Inf in any variable are dropped and their location recorded.
 """
 
@@ -39,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 import xarray as xr
 
 from emulator.contract import Contract
@@ -47,6 +46,7 @@ INACTIVE, SHALLOW, DEEP, HELD, EXPIRED = "inactive", "shallow", "deep", "held", 
 NOT_CALLED = "not_called"
 PAIRINGS = ("history", "single_call")
 SAMPLE_CLASSES = (INACTIVE, SHALLOW, DEEP)  # stored, in this order of class codes 0, 1, 2
+MSKF = 11  # its cu_physics option
 LEFTOVER_OUTPUTS = ("PRATEC", "RUCUTEN", "RVCUTEN", "CLDFRA_DP", "CLDFRA_SH", "QC_CU", "QI_CU")
 
 
@@ -103,12 +103,39 @@ def classify(frame: xr.Dataset, steps_per_call: int, pairing: str = "history") -
     classes[~held & thermo] = SHALLOW
     classes[~held & ~thermo & leftover] = EXPIRED
     classes[held] = HELD
-    if "TIMEC_KF" in frame:
-        lag = (_flatten(frame["TIMEC_KF"])[:, 0] - nca) / dt
-        steps = np.rint(lag)
-        just_called = (np.abs(lag - steps) < 1e-3) & (steps >= 0) & (steps <= steps_per_call)
-        classes[held & thermo & just_called] = DEEP
+    classes[held & thermo & np.isfinite(call_lag(frame, steps_per_call))] = DEEP
     return classes
+
+
+def call_lag(frame: xr.Dataset, steps_per_call: int) -> np.ndarray:
+    """Steps since the call that set each column's NCA, where it can be told (else NaN).
+
+    In files of MSKF runs (CU_PHYSICS = 11), MSKF sets a deep column's NCA to NINT(TADVEC / DT) DT, its advective time from the cloud
+    base and the winds (``emulator.model.advective_time``); WRF counts it down by DT every step.
+    Recomputed from the frame's own CUBOT and winds, a column called k <= steps_per_call steps
+    ago has NCA = (NIC - k) DT. (The winds are a step later than those the call saw: a column
+    whose NIC moved by a step since is missed, not mistaken.) With TIMEC_KF in the file,
+    NCA = TIMEC_KF - k DT also identifies a column, where TADVEC is the longer time scale.
+    """
+    from emulator.model import advective_time
+
+    dt = float(frame.attrs["DT"])
+    nca = _flatten(frame["NCA"])[:, 0].astype(np.float64)
+    lag = np.full(nca.shape, np.nan)
+    candidates = []
+    scheme = int(np.asarray(frame.attrs.get("CU_PHYSICS", -1)).ravel()[0])
+    if scheme == MSKF and {"U_PHY", "V_PHY", "P_HYD", "CUBOT"} <= set(frame.variables):
+        columns = {k: torch.from_numpy(_flatten(frame[k])) for k in ("U_PHY", "V_PHY", "P_HYD")}
+        columns["DX"] = torch.full((nca.size,), float(frame.attrs["DX"]))
+        cloud_base = torch.from_numpy(_flatten(frame["CUBOT"])[:, 0])
+        candidates.append(np.rint(advective_time(columns, cloud_base).numpy().astype(np.float64) / dt))
+    if "TIMEC_KF" in frame:
+        candidates.append(_flatten(frame["TIMEC_KF"])[:, 0] / dt)
+    for steps in candidates:
+        k = steps - nca / dt
+        match = np.isnan(lag) & (np.abs(k - np.rint(k)) < 1e-3) & (k > -0.5) & (k < steps_per_call + 0.5)
+        lag[match] = np.rint(k[match])
+    return lag
 
 
 def extract(frame: xr.Dataset, contract: Contract, steps_per_call: int,
@@ -123,10 +150,12 @@ def extract(frame: xr.Dataset, contract: Contract, steps_per_call: int,
             arrays[var.name] = np.full((ny * nx, 1), frame.attrs[var.name], dtype=np.float32)
         else:
             arrays[var.name] = _flatten(frame[var.name])
-    if pairing == "history" and "TIMEC_KF" in frame:
-        # The NCA target is what the call set, before WRF's countdown at the end of the step.
+    if pairing == "history":
+        # The NCA target is what the call set, before WRF's countdown.
         deep = classes == DEEP
-        arrays["NCA"][deep] = _flatten(frame["TIMEC_KF"])[deep]
+        lag = call_lag(frame, steps_per_call)
+        arrays["NCA"] = arrays["NCA"].copy()
+        arrays["NCA"][deep, 0] += (lag[deep] * float(frame.attrs["DT"])).astype(np.float32)
     finite = np.ones(ny * nx, dtype=bool)
     bad_vars = [[] for _ in range(ny * nx)]
     for name, values in arrays.items():

@@ -149,6 +149,6 @@ def open_wrfout(path, contract: Contract | None = None, *, outputs: bool = True,
         if name in ds.variables:
             data[name] = ds[name]
     attrs["DT"] = _global(ds, path, "DT")
-    attrs.update({k: ds.attrs[k] for k in ("CUDT", "STEPCU") if k in ds.attrs})
+    attrs.update({k: ds.attrs[k] for k in ("CUDT", "STEPCU", "CU_PHYSICS") if k in ds.attrs})
     out = xr.Dataset(data, attrs=attrs)
     return out.assign_coords(Time=("Time", _times(ds)))
