@@ -67,7 +67,7 @@ class Options:
     ood_policy: str = "predict"  # predict | zero | fallback
     ood_tolerance: float = 0.25  # allowed excursion beyond the training range, in ranges
     trigger_threshold: float = 0.5
-    batch_columns: int = 1024  # columns per inference call: bounds the memory (and is faster than larger)
+    batch_columns: int = 512  # columns per inference call: bounds memory; the LSTM is faster on few
     n_levels: int | None = None  # the caller's mass levels, checked against the model
 
     def __post_init__(self):
