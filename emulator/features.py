@@ -109,19 +109,21 @@ class ColumnFeatures(nn.Module):
 
 
 def source_layer_trigger(inputs: dict, bases: int) -> list:
-    """MSKF's trigger test on every candidate updraft source layer, as two level channels.
+    """MSKF's trigger test on every candidate updraft source layer, as four level channels.
 
     For each candidate base level (the lowest level, then every 15 hPa up to 300 hPa above it;
-    only the lowest ``bases`` levels are searched) the layer is deepened to at least 50 hPa and mixed (mass-weighted T, q, z, p); its LCL
-    temperature (dew point by the Bolton-type fit MSKF uses) and height follow, and the test
-    value is T_LCL + dT_LCL - T_env(LCL), with dT_LCL = 4.64 (w_LCL - w_KLCL)^0.33 from W0AVG at
-    the LCL (scaled by DX / 25 km at DX >= 25 km). MSKF takes the first layer that passes,
-    unless its cloud is too shallow, and its LCL level is the cloud base.
+    only the lowest ``bases`` levels are searched) the layer is deepened to at least 50 hPa
+    and mixed (mass-weighted T, q, z, p); its LCL temperature (dew point by the Bolton-type fit
+    MSKF uses) and height follow, and the test value is T_LCL + dT_LCL - T_env(LCL), with
+    dT_LCL = 4.64 (w_LCL - w_KLCL)^0.33 from W0AVG at the LCL (scaled by DX / 25 km at
+    DX >= 25 km). MSKF takes the first layer that passes, unless its cloud is too shallow, and
+    its LCL level is the cloud base.
 
     Channels: the test value (K / 5, within -2..2) at each candidate base level, -2 elsewhere;
     1 at the LCL level of the first layer that passes (0 everywhere if none does); 1 at the
-    LCL level of every layer that passes (MSKF's cloud base is one of them); the buoyancy proxy theta_e(that layer) - theta_es(level) (K / 10, within -5..5) of its parcel
-    (of the lowest layer when none passes).
+    LCL level of every layer that passes (MSKF's cloud base is one of them); the buoyancy
+    proxy theta_e(first layer that passes, or the lowest) - theta_es(level), K / 10, within
+    -5..5.
     """
     t, q, p = inputs["T_PHY"], inputs["QVAPOR"], inputs["P_HYD"]
     z, w0 = inputs["Z_AGL"], inputs["W0AVG"]

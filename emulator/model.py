@@ -24,8 +24,7 @@ Targets are learned in normalised units: each output variable divided by one sca
 its levels (its standard deviation over triggered training columns, or its absolute maximum
 for the seed-baseline configuration), so that pooled errors weigh levels as the pooled scores
 do, or z-scored level by level (``zscore``); outputs in ``log_targets`` are learned as
-logarithms. ``physical`` turns the network's
-output back into SI units.
+logarithms. ``physical`` turns the network's output back into SI units.
 """
 
 from __future__ import annotations
