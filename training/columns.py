@@ -80,8 +80,10 @@ def stepcu(attrs: dict) -> int:
     return 1
 
 
-def classify(frame: xr.Dataset, steps_per_call: int, pairing: str = "history") -> np.ndarray:
-    """Class name of every column of one time (flattened south_north x west_east)."""
+def classify(frame: xr.Dataset, steps_per_call: int, pairing: str = "history",
+             lag: np.ndarray | None = None) -> np.ndarray:
+    """Class name of every column of one time (flattened south_north x west_east); ``lag``:
+    ``call_lag`` of the frame when the caller has it already."""
     if pairing not in PAIRINGS:
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
     dt = float(frame.attrs["DT"])
@@ -103,7 +105,8 @@ def classify(frame: xr.Dataset, steps_per_call: int, pairing: str = "history") -
     classes[~held & thermo] = SHALLOW
     classes[~held & ~thermo & leftover] = EXPIRED
     classes[held] = HELD
-    classes[held & thermo & np.isfinite(call_lag(frame, steps_per_call))] = DEEP
+    lag = call_lag(frame, steps_per_call) if lag is None else lag
+    classes[held & thermo & np.isfinite(lag)] = DEEP
     return classes
 
 
@@ -143,7 +146,8 @@ def extract(frame: xr.Dataset, contract: Contract, steps_per_call: int,
     """Training columns of one time of an opened wrfout (``open_wrfout(...).isel(Time=t)``)."""
     ny, nx = frame.sizes["south_north"], frame.sizes["west_east"]
     jj, ii = np.divmod(np.arange(ny * nx), nx)
-    classes = classify(frame, steps_per_call, pairing)
+    lag = call_lag(frame, steps_per_call) if pairing == "history" else None
+    classes = classify(frame, steps_per_call, pairing, lag)
     arrays = {}
     for var in contract.inputs + contract.outputs:
         if var.level == "scalar":
@@ -153,7 +157,6 @@ def extract(frame: xr.Dataset, contract: Contract, steps_per_call: int,
     if pairing == "history":
         # The NCA target is what the call set, before WRF's countdown.
         deep = classes == DEEP
-        lag = call_lag(frame, steps_per_call)
         arrays["NCA"] = arrays["NCA"].copy()
         arrays["NCA"][deep, 0] += (lag[deep] * float(frame.attrs["DT"])).astype(np.float32)
     finite = np.ones(ny * nx, dtype=bool)
