@@ -92,9 +92,7 @@ class ColumnFeatures(nn.Module):
 
     def _physics(self, inputs: dict) -> list:
         t, qv, p = inputs["T_PHY"], inputs["QVAPOR"], inputs["P_HYD"]
-        es = 1000.0 * c.SVP1 * torch.exp(c.SVP2 * (t - c.SVPT0) / (t - c.SVP3))
-        es = torch.minimum(es, 0.5 * p)
-        qsat = c.EP2 * es / (p - es)
+        qsat = _qsat(t, p)
         rh = (qv / qsat).clamp(0.0, 1.5)
         deficit = (qsat - qv) * 100.0  # g/kg / 10
         theta = t / inputs["PI_PHY"]
@@ -198,8 +196,13 @@ def source_layer_trigger(inputs: dict, bases: int) -> list:
     return [test, cloud_base, lcls, buoyancy]
 
 
+def _qsat(t, p):
+    """Saturation mixing ratio (kg kg-1), Bolton's formula (``derive.saturation_mixing_ratio``
+    in torch, so that it is part of the exported graph)."""
+    es = torch.minimum(1000.0 * c.SVP1 * torch.exp(c.SVP2 * (t - c.SVPT0) / (t - c.SVP3)), 0.5 * p)
+    return c.EP2 * es / (p - es)
+
+
 def _theta_es(t, p):
     """Saturated equivalent potential temperature (K) of temperature t at pressure p."""
-    es = torch.minimum(1000.0 * c.SVP1 * torch.exp(c.SVP2 * (t - c.SVPT0) / (t - c.SVP3)), 0.5 * p)
-    qsat = c.EP2 * es / (p - es)
-    return t * (c.P1000MB / p) ** c.RCP * torch.exp(c.XLV * qsat / (c.CP * t))
+    return t * (c.P1000MB / p) ** c.RCP * torch.exp(c.XLV * _qsat(t, p) / (c.CP * t))

@@ -198,10 +198,11 @@ class Runtime:
     def _run(self, session, inputs: dict) -> dict:
         n = len(inputs[self.contract.inputs[0].name])
         names = [o.name for o in session.get_outputs()]
+        needed = [i.name for i in session.get_inputs()]
         outputs = {name: [] for name in names}
         for start in range(0, n, self.options.batch_columns):
-            feed = {i.name: np.ascontiguousarray(inputs[i.name][start:start + self.options.batch_columns],
-                                                 dtype=np.float32) for i in session.get_inputs()}
+            feed = {k: np.ascontiguousarray(inputs[k][start:start + self.options.batch_columns],
+                                            dtype=np.float32) for k in needed}
             for name, value in zip(names, session.run(names, feed)):
                 outputs[name].append(value)
         return {k: np.concatenate(v) for k, v in outputs.items()}

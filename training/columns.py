@@ -41,6 +41,7 @@ import torch
 import xarray as xr
 
 from emulator.contract import Contract
+from emulator.model import advective_time
 
 INACTIVE, SHALLOW, DEEP, HELD, EXPIRED = "inactive", "shallow", "deep", "held", "expired"
 NOT_CALLED = "not_called"
@@ -120,8 +121,6 @@ def call_lag(frame: xr.Dataset, steps_per_call: int) -> np.ndarray:
     whose NIC moved by a step since is missed, not mistaken.) With TIMEC_KF in the file,
     NCA = TIMEC_KF - k DT also identifies a column, where TADVEC is the longer time scale.
     """
-    from emulator.model import advective_time
-
     dt = float(frame.attrs["DT"])
     nca = _flatten(frame["NCA"])[:, 0].astype(np.float64)
     lag = np.full(nca.shape, np.nan)
