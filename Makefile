@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Extra pip arguments, for example a local index or a CPU-only wheel source.
 PIP_ARGS ?=
 
-.PHONY: setup system-deps python-env demo test bench clean bridge bridge-flags
+.PHONY: setup system-deps python-env demo test bench clean bridge bridge-flags mskf-columns
 
 setup: system-deps python-env
 
@@ -62,6 +62,11 @@ MPIRUN = OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
 bridge: setup
 	$(BRIDGE)
 
+# WRF's own MSKF as a standalone program for `mlcu augment` (needs a WRF source tree; nothing
+# of it is copied here): make mskf-columns WRF_SRC=/path/to/WRF
+mskf-columns:
+	$(MAKE) --no-print-directory -C training/mskf_columns WRF_SRC=$(abspath $(WRF_SRC))
+
 # The lines a WRF configure.wrf needs to link the bridge (after make bridge).
 bridge-flags:
 	@$(BRIDGE) -s flags
@@ -76,4 +81,4 @@ bench: setup bridge
 	$(PY) bench/bench_bridge.py
 
 clean:
-	rm -rf $(DATA) $(STORE) $(RUN) $(REPORT) .pytest_cache fortran_bridge/build
+	rm -rf $(DATA) $(STORE) $(RUN) $(REPORT) .pytest_cache fortran_bridge/build training/mskf_columns/build

@@ -122,6 +122,13 @@ def _theta(ds):
     return ds["T"] + c.T0
 
 
+def _temperature(ds):
+    # The Exner function as the scheme received it where the file stores it: a power computed
+    # again differs in the last bit, and MSKF's trigger is sensitive to that.
+    pi = ds[PI_SRC.name] if PI_SRC.name in ds.variables else exner(_full_pressure(ds))
+    return _theta(ds) * pi
+
+
 def _height_w(ds):
     """Height of the full (w) levels above sea level, m."""
     return (ds["PH"] + ds["PHB"]) / c.G
@@ -171,6 +178,7 @@ P_SRC = Source("P", "mass", "Pa")
 PB_SRC = Source("PB", "mass", "Pa")
 QV_SRC = Source("QVAPOR", "mass", "kg kg-1")
 PH_SRC = Source("PH", "w", "m2 s-2")
+PI_SRC = Source("PI_PHY", "mass", "")
 PHB_SRC = Source("PHB", "w", "m2 s-2")
 
 RECIPES: dict[str, Recipe] = {
@@ -190,9 +198,9 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "temperature",
-            "(T + 300) * ((P + PB) / 1e5) ** (R_d / c_p)",
+            "(T + 300) * PI_PHY when the file has PI_PHY, else (T + 300) * ((P + PB) / 1e5) ** (R_d / c_p)",
             (T_SRC, P_SRC, PB_SRC),
-            lambda ds: temperature(_theta(ds), _full_pressure(ds)),
+            _temperature,
         ),
         Recipe(
             "hydrostatic_pressure",
@@ -203,9 +211,10 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "exner",
-            "((P + PB) / 1e5) ** (R_d / c_p)",
+            "PI_PHY when the file has it (as phy_prep passed it), else ((P + PB) / 1e5) ** (R_d / c_p)",
             (P_SRC, PB_SRC),
             lambda ds: exner(_full_pressure(ds)),
+            prefer=PI_SRC,
         ),
         Recipe(
             "density",

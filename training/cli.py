@@ -40,6 +40,15 @@ def _prepare(args) -> int:
     return 0
 
 
+def _augment(args) -> int:
+    from training.augment import AugmentConfig, augment
+
+    cfg = AugmentConfig.load(args.config, args.set, input=args.input, out=args.out)
+    files = augment(cfg, args.mskf, progress=not args.quiet)
+    print(f"{len(files)} files labelled by MSKF under {cfg.out}")
+    return 0
+
+
 def _train(args) -> int:
     import dataclasses
 
@@ -139,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override any setting, e.g. --set split.method=time_blocks")
     prep.set_defaults(func=_prepare)
+
+    au = sub.add_parser(
+        "augment", help="new training columns: perturbed states labelled by WRF's own MSKF",
+        description="Perturb the columns of WRF history (or oracle) files and compute MSKF's "
+                    "outputs for them with the scheme itself (the mskf_columns program, built "
+                    "from a WRF source tree by 'make mskf-columns WRF_SRC=...'), writing "
+                    "wrfout-like files for 'mlcu prepare' with pairing single_call. Files "
+                    "already written are kept, so a killed job is rerun as it was.")
+    au.add_argument("--input", nargs="+", metavar="GLOB", help="wrfout files to perturb (training files only)")
+    au.add_argument("--out", help="output folder")
+    au.add_argument("--config", type=Path, help="YAML settings (see configs/augment.yaml)")
+    au.add_argument("--mskf", help="the mskf_columns program (default: $MLCU_MSKF_COLUMNS, "
+                                   "else training/mskf_columns/build/mskf_columns)")
+    au.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any setting, e.g. --set copies=8")
+    au.add_argument("--quiet", action="store_true", help="no progress bar")
+    au.set_defaults(func=_augment)
 
     tr = sub.add_parser(
         "train", help="train the Bi-LSTM emulator on a training store",

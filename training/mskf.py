@@ -1,0 +1,82 @@
+"""Runs WRF's own MSKF scheme (``training/mskf_columns``, built from a WRF source tree by
+``make mskf-columns WRF_SRC=...``) on columns given as contract inputs.
+
+One call of ``MSKF_CPS`` as WRF makes it on a fresh start, with every column evaluated (see
+``mskf_columns.F90``). The arrays go to the program through a temporary binary file in its own
+layout (column index fastest); what comes back are MSKF's outputs under their wrfout names.
+This is how ``mlcu augment`` labels new columns with the scheme the emulator replaces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+PROGRAM_ENV = "MLCU_MSKF_COLUMNS"
+DEFAULT_PROGRAM = Path(__file__).parent / "mskf_columns" / "build" / "mskf_columns"
+# MSKF_CPS arguments -> contract inputs (TH is passed but not used by MSKF).
+LEVEL_INPUTS = ("U_PHY", "V_PHY", None, "T_PHY", "QVAPOR", "DZ8W", "P_HYD", "RHO", "PI_PHY", "W0AVG")
+SURFACE_INPUTS = ("HFX", "UST", "PBLH", "ZOL", "XLAND")
+LEVEL_OUTPUTS = ("RTHCUTEN", "RQVCUTEN", "RQCCUTEN", "RQRCUTEN", "RQICUTEN", "RQSCUTEN",
+                 "RUCUTEN", "RVCUTEN", "CLDFRA_DP", "CLDFRA_SH", "QC_CU", "QI_CU",
+                 "UDR_KF", "DDR_KF", "UER_KF", "DER_KF", "W0AVG")
+SURFACE_OUTPUTS = ("RAINCV", "PRATEC", "NCA", "CUTOP", "CUBOT", "TIMEC_KF")
+
+
+class MskfError(RuntimeError):
+    pass
+
+
+def program(path=None) -> Path:
+    """The mskf_columns executable: ``path``, else $MLCU_MSKF_COLUMNS, else the default build."""
+    exe = Path(path or os.environ.get(PROGRAM_ENV) or DEFAULT_PROGRAM)
+    if not (exe.is_file() and os.access(exe, os.X_OK)):
+        raise MskfError(f"{exe}: no mskf_columns program; build it with "
+                        f"'make mskf-columns WRF_SRC=/path/to/WRF' (a WRF 4.x source tree)")
+    return exe
+
+
+def run_mskf(inputs: dict, dx: float, dt: float, exe=None) -> dict:
+    """MSKF's outputs for columns ``inputs`` ({contract name: (column, level) or (column,)
+    array}, W on full levels), all of them evaluated in one call with grid spacing ``dx`` (m)
+    and time step ``dt`` (s)."""
+    exe = program(exe)
+    n, nz = np.shape(inputs["T_PHY"])
+    f32 = {k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()}
+    f32["TH"] = f32["T_PHY"] / f32["PI_PHY"]
+    if f32["W"].shape != (n, nz + 1):
+        raise MskfError(f"W has shape {f32['W'].shape}, expected {(n, nz + 1)} (full levels)")
+    work = Path(tempfile.mkdtemp(prefix="mskf_"))
+    try:
+        src, dst = work / "in.bin", work / "out.bin"
+        with open(src, "wb") as f:
+            np.array([n, nz], dtype=np.int32).tofile(f)
+            np.array([dx, dt], dtype=np.float32).tofile(f)
+            for name in LEVEL_INPUTS:
+                # Fortran (column, level) order: the column index runs fastest.
+                np.asfortranarray(f32[name or "TH"]).T.tofile(f)
+            np.asfortranarray(f32["W"]).T.tofile(f)
+            for name in SURFACE_INPUTS:
+                f32[name].reshape(n).tofile(f)
+        done = subprocess.run([str(exe), str(src), str(dst)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise MskfError(f"{exe} failed (status {done.returncode}): {done.stderr.strip()[-2000:]}")
+        raw = np.fromfile(dst, dtype=np.float32)
+        expected = len(LEVEL_OUTPUTS) * n * nz + len(SURFACE_OUTPUTS) * n
+        if raw.size != expected:
+            raise MskfError(f"{exe} wrote {raw.size} values, expected {expected}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out, at = {}, 0
+    for name in LEVEL_OUTPUTS:
+        out[name] = raw[at:at + n * nz].reshape(nz, n).T.copy()
+        at += n * nz
+    for name in SURFACE_OUTPUTS:
+        out[name] = raw[at:at + n].copy()
+        at += n
+    return out
