@@ -118,8 +118,9 @@ def test_augmented_files_are_training_data(oracle_files, mskf_program, tmp_path)
     from training.prepare import PrepareConfig, prepare
 
     cfg = AugmentConfig.load(REPO / "configs" / "augment.yaml", ["copies=1"],
-                             input=[str(oracle_files[0])], out=str(tmp_path / "aug"))
-    (written,) = augment(cfg, mskf_program, progress=False)
+                             input=[str(oracle_files[0])], out=str(tmp_path / "aug"),
+                             scheduler="synchronous")
+    (written,) = augment(cfg, mskf_program)
     ds = xr.open_dataset(written)
     assert ds.attrs["AUGMENT_SOURCE"] == oracle_files[0].name
     assert 2000 <= ds.attrs["DX"] <= 30000 and ds.attrs["DT"] == round(6 * ds.attrs["DX"] / 1000)
@@ -132,10 +133,20 @@ def test_augmented_files_are_training_data(oracle_files, mskf_program, tmp_path)
     assert float(np.abs(steps - np.round(steps)).max()) < 1e-4
     # A second run leaves the file as it is.
     mtime = written.stat().st_mtime_ns
-    augment(cfg, mskf_program, progress=False)
+    augment(cfg, mskf_program)
     assert written.stat().st_mtime_ns == mtime
     report = prepare(PrepareConfig.load(None, ["pairing=single_call", "split.method=files",
                                                "split.rules=[{pattern: '*', split: train}]"],
                                         input=[str(written)], out=str(tmp_path / "store"),
                                         scheduler="synchronous"))
     assert report["columns"]["train"]["kept"] == ds.sizes["south_north"] * ds.sizes["west_east"]
+
+
+def test_a_bad_file_is_named_and_the_others_are_written(oracle_files, mskf_program, tmp_path):
+    bad = tmp_path / "wrfout_broken_00.nc"
+    bad.write_bytes(b"not netCDF")
+    cfg = AugmentConfig(input=[str(bad), str(oracle_files[1])], out=str(tmp_path / "aug"),
+                        scheduler="synchronous", copies=1)
+    with pytest.raises(RuntimeError, match="wrfout_broken_00.nc copy 0: .*cannot be read"):
+        augment(cfg, mskf_program)
+    assert [p.name for p in (tmp_path / "aug").iterdir()] == [f"{oracle_files[1].stem}_aug00.nc"]

@@ -35,14 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
-from tqdm import tqdm
 
 from emulator import constants as c
 from emulator.contract import default_contract
 from emulator.derive import density, saturation_mixing_ratio
 from training import mskf
 from training.columns import MSKF, _flatten
-from training.prepare import expand_inputs
+from training.prepare import expand_inputs, runner
 from training.settings import load_settings
 from training.wrfout import WrfoutError, open_wrfout
 
@@ -55,6 +54,8 @@ STATE = ("T", "QVAPOR", "PH", "W", "U", "V", "HFX", "UST", "PBLH")
 class AugmentConfig:
     input: list = field(default_factory=list)
     out: str | None = None
+    scheduler: str = "local"  # local | synchronous | address of a dask scheduler
+    workers: int | None = None  # local workers; default: all cores
     copies: int = 4
     seed: int = 0
     theta_k: float = 0.8
@@ -169,8 +170,10 @@ def _label(path: Path, ds: xr.Dataset, exe) -> None:
             ds[name].values[t] = shaped
 
 
-def augment_file(src: Path, out_dir: Path, copy: int, cfg: AugmentConfig, exe=None) -> Path:
-    """Copy number ``copy`` of ``src``: perturbed, labelled, written atomically."""
+def augment_file(job: tuple, out_dir: Path, cfg: AugmentConfig, exe=None) -> Path:
+    """Copy number ``copy`` of ``src`` (``job`` = (src, copy)): perturbed, labelled, written
+    atomically."""
+    src, copy = job
     dst = out_dir / f"{src.stem}_aug{copy:02d}.nc"
     if dst.exists():
         return dst
@@ -212,11 +215,21 @@ def augment_file(src: Path, out_dir: Path, copy: int, cfg: AugmentConfig, exe=No
     return dst
 
 
-def augment(cfg: AugmentConfig, exe=None, progress: bool = True) -> list[Path]:
-    """Every (input file, copy) of ``cfg``; returns the written (or already present) files."""
-    mskf.program(exe)  # fail before any work without the scheme
-    out_dir = Path(cfg.out)
+def augment(cfg: AugmentConfig, exe=None) -> list[Path]:
+    """Every (input file, copy) of ``cfg``, as tasks on dask (``cfg.scheduler``); returns the
+    written (or already present) files. Failed files are named together at the end, after
+    the others are done."""
+    exe = mskf.program(exe).resolve()  # fail before any work without the scheme
+    out_dir = Path(cfg.out).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(Path(f), k) for f in expand_inputs(cfg.input) for k in range(cfg.copies)]
-    return [augment_file(src, out_dir, k, cfg, exe)
-            for src, k in tqdm(jobs, desc="augment", disable=not progress)]
+    jobs = [(Path(f).resolve(), k) for f in expand_inputs(cfg.input) for k in range(cfg.copies)]
+    done, failed = [], []
+    with runner(cfg.scheduler, cfg.workers) as run:
+        for (src, k), result in run.map(augment_file, jobs, "augment", out_dir=out_dir, cfg=cfg, exe=exe):
+            if isinstance(result, Exception):
+                failed.append(f"{src} copy {k}: {result}")
+            else:
+                done.append(result)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(jobs)} augmented files failed:\n" + "\n".join(failed))
+    return sorted(done)

@@ -43,8 +43,9 @@ def _prepare(args) -> int:
 def _augment(args) -> int:
     from training.augment import AugmentConfig, augment
 
-    cfg = AugmentConfig.load(args.config, args.set, input=args.input, out=args.out)
-    files = augment(cfg, args.mskf, progress=not args.quiet)
+    cfg = AugmentConfig.load(args.config, args.set, input=args.input, out=args.out,
+                             scheduler=args.scheduler, workers=args.workers)
+    files = augment(cfg, args.mskf)
     print(f"{len(files)} files labelled by MSKF under {cfg.out}")
     return 0
 
@@ -161,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--config", type=Path, help="YAML settings (see configs/augment.yaml)")
     au.add_argument("--mskf", help="the mskf_columns program (default: $MLCU_MSKF_COLUMNS, "
                                    "else training/mskf_columns/build/mskf_columns)")
+    au.add_argument("--scheduler", help="'local' (default: a local dask cluster), "
+                                        "'synchronous', or a dask scheduler address")
+    au.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
     au.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override any setting, e.g. --set copies=8")
-    au.add_argument("--quiet", action="store_true", help="no progress bar")
     au.set_defaults(func=_augment)
 
     tr = sub.add_parser(
