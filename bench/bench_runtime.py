@@ -9,7 +9,11 @@
   constraints) over every column of the oracle files, one 64 x 64 tile per file, one thread;
   in us per column of the fastest of several calls per file (all of it, inside ONNX Runtime,
   and the runtime's own work outside it; also the median call) and as a multiple of WRF's MSKF (about 30 us per column on this machine
-  type, single thread, over the same files).
+  type, single thread, over the same files);
+* ``mskf_call``: where the mskf_columns program is built (``make mskf-columns``), WRF's own
+  MSKF_CPS on the same tiles, timed the same way (fastest of several calls per file, every
+  column evaluated), so that the runtime call is also given as a multiple of the scheme
+  measured on this machine at the same time.
 
     python bench/bench_runtime.py [--model MODEL.onnx ...] [--oracle DIR] [--quick]
 """
@@ -159,8 +163,35 @@ def main():
         for name in CONFIGS:
             run = random_run(REPO / "configs" / name, store, Path(tmp) / Path(name).stem)
             print(json.dumps(inference(run, store, peak, batches, (1, 2), seconds)), flush=True)
+    mskf_us = mskf_call(files)
+    if mskf_us is not None:
+        print(json.dumps({"bench": "mskf_call", "files": len(files), "us_per_column": mskf_us}), flush=True)
     for model in args.model:
-        print(json.dumps(runtime_call(model, files, seconds)), flush=True)
+        result = runtime_call(model, files, seconds)
+        if mskf_us is not None:
+            result["x_mskf_measured"] = result["us_per_column"] / mskf_us
+        print(json.dumps(result), flush=True)
+
+
+def mskf_call(files: list, repeat: int = 7):
+    """us per column of WRF's MSKF_CPS over the files (fastest call per file), or None without
+    the mskf_columns program."""
+    from training import mskf
+    from training.columns import _flatten
+    from training.wrfout import open_wrfout
+
+    try:
+        mskf.program()
+    except mskf.MskfError:
+        return None
+    total, columns = 0.0, 0
+    for path in files:
+        frame = open_wrfout(path, chunks=None, time=0, outputs=False)
+        inputs = {k: _flatten(frame[k].isel(Time=0)) for k in frame.data_vars if frame[k].ndim > 1}
+        inputs = {k: (v[:, 0] if v.shape[1] == 1 else v) for k, v in inputs.items()}
+        total += mskf.time_mskf(inputs, frame.attrs["DX"], frame.attrs["DT"], repeat=repeat)
+        columns += len(inputs["T_PHY"])
+    return total / columns * 1e6
 
 
 if __name__ == "__main__":
