@@ -153,3 +153,17 @@ def test_a_bad_file_is_named_and_the_others_are_written(oracle_files, mskf_progr
     with pytest.raises(RuntimeError, match="wrfout_broken_00.nc copy 0: .*cannot be read"):
         augment(cfg, mskf_program)
     assert [p.name for p in (tmp_path / "aug").iterdir()] == [f"{oracle_files[1].stem}_aug00.nc"]
+
+
+def test_real_wrf_history_is_labelled_afresh(ideal_files, mskf_program, tmp_path):
+    """A WRF history frame (no oracle fields such as TIMEC_KF) becomes a single-call file: the
+    scheme's outputs for exactly the perturbed state, on the file's own grid."""
+    cfg = AugmentConfig(input=[str(ideal_files[0])], out=str(tmp_path), scheduler="synchronous",
+                        copies=1)
+    (written,) = augment(cfg, mskf_program)
+    ds = xr.open_dataset(written)
+    assert ds["TIMEC_KF"].dims == ("Time", "south_north", "west_east")
+    assert ds["UDR_KF"].dims == ("Time", "bottom_top", "south_north", "west_east")
+    assert float((ds["RTHCUTEN"] != 0).any("bottom_top").mean()) > 0.1
+    np.testing.assert_allclose(ds["W0AVG"].values, 0.5 * (ds["W"].values[:, 1:] + ds["W"].values[:, :-1]),
+                               atol=1e-6)

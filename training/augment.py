@@ -164,7 +164,7 @@ def _label(path: Path, ds: xr.Dataset, exe) -> None:
             if name == "W0AVG":  # the input, which the update leaves as it is
                 continue
             shaped = value.reshape(ny, nx, -1).transpose(2, 0, 1) if value.ndim == 2 else value.reshape(ny, nx)
-            dims = ("Time", "bottom_top", "south_north", "west_east")[-(shaped.ndim + 1):]
+            dims = ("Time",) + ("bottom_top", "south_north", "west_east")[-shaped.ndim:]
             if name not in ds.variables:
                 ds[name] = (dims, np.zeros((ds.sizes["Time"],) + shaped.shape, np.float32))
             ds[name].values[t] = shaped
