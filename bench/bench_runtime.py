@@ -177,7 +177,6 @@ def mskf_call(files: list, repeat: int = 7):
     """us per column of WRF's MSKF_CPS over the files (fastest call per file), or None without
     the mskf_columns program."""
     from training import mskf
-    from training.columns import _flatten
     from training.wrfout import open_wrfout
 
     try:
@@ -187,8 +186,7 @@ def mskf_call(files: list, repeat: int = 7):
     total, columns = 0.0, 0
     for path in files:
         frame = open_wrfout(path, chunks=None, time=0, outputs=False)
-        inputs = {k: _flatten(frame[k].isel(Time=0)) for k in frame.data_vars if frame[k].ndim > 1}
-        inputs = {k: (v[:, 0] if v.shape[1] == 1 else v) for k, v in inputs.items()}
+        inputs = mskf.column_inputs(frame)
         total += mskf.time_mskf(inputs, frame.attrs["DX"], frame.attrs["DT"], repeat=repeat)
         columns += len(inputs["T_PHY"])
     return total / columns * 1e6

@@ -101,19 +101,16 @@ def test_standalone_mskf_reproduces_the_oracle(oracle_files, mskf_program):
     from training.wrfout import open_wrfout
 
     path = oracle_files[-1]
-    frame = open_wrfout(path, chunks=None, time=0)
-    inputs = {k: _flatten(frame[k].isel(Time=0)) for k in frame.data_vars
-              if k not in frame.attrs and frame[k].ndim > 1}
-    inputs = {k: (v[:, 0] if v.shape[1] == 1 else v) for k, v in inputs.items()}
-    out = mskf.run_mskf(inputs, frame.attrs["DX"], frame.attrs["DT"], mskf_program)
+    inputs = mskf.column_inputs(open_wrfout(path, chunks=None, time=0, outputs=False))
     ref = xr.open_dataset(path)
+    out = mskf.run_mskf(inputs, ref.attrs["DX"], ref.attrs["DT"], mskf_program)
     for name in ("RTHCUTEN", "RQVCUTEN", "RQCCUTEN", "RQICUTEN", "RUCUTEN", "CLDFRA_DP",
                  "QC_CU", "PRATEC", "RAINCV", "NCA", "CUTOP", "CUBOT", "TIMEC_KF"):
         expected = _flatten(ref[name].isel(Time=0))
         got = out[name].reshape(expected.shape)
         np.testing.assert_array_equal(got, expected, err_msg=f"{path.name}: {name}")
     # The benchmark's timing of the same call.
-    seconds = mskf.time_mskf(inputs, frame.attrs["DX"], frame.attrs["DT"], mskf_program, repeat=2)
+    seconds = mskf.time_mskf(inputs, ref.attrs["DX"], ref.attrs["DT"], mskf_program, repeat=2)
     assert 0 < seconds < 60
 
 

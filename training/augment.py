@@ -40,7 +40,7 @@ from emulator import constants as c
 from emulator.contract import default_contract
 from emulator.derive import density, saturation_mixing_ratio
 from training import mskf
-from training.columns import MSKF, _flatten
+from training.columns import MSKF
 from training.prepare import expand_inputs, runner
 from training.settings import load_settings
 from training.wrfout import WrfoutError, open_wrfout
@@ -156,10 +156,7 @@ def _label(path: Path, ds: xr.Dataset, exe) -> None:
     ny, nx = ds.sizes["south_north"], ds.sizes["west_east"]
     for t in range(ds.sizes["Time"]):
         frame = open_wrfout(path, contract, outputs=False, chunks=None, time=t)
-        inputs = {v.name: _flatten(frame[v.name].isel(Time=0)) for v in contract.inputs
-                  if v.level != "scalar"}
-        inputs = {k: (v[:, 0] if v.shape[1] == 1 else v) for k, v in inputs.items()}
-        result = mskf.run_mskf(inputs, frame.attrs["DX"], frame.attrs["DT"], exe)
+        result = mskf.run_mskf(mskf.column_inputs(frame), frame.attrs["DX"], frame.attrs["DT"], exe)
         for name, value in result.items():
             if name == "W0AVG":  # the input, which the update leaves as it is
                 continue

@@ -41,6 +41,18 @@ def program(path=None) -> Path:
     return exe
 
 
+def column_inputs(frame) -> dict:
+    """The contract inputs of one time of ``open_wrfout`` as ``run_mskf`` takes them: (column,
+    level) arrays, (column,) for surface fields, columns in (south_north, west_east) order."""
+    from training.columns import _flatten
+
+    out = {}
+    for name, da in frame.isel(Time=0).data_vars.items():
+        values = _flatten(da)
+        out[name] = values[:, 0] if da.ndim == 2 else values
+    return out
+
+
 def run_mskf(inputs: dict, dx: float, dt: float, exe=None) -> dict:
     """MSKF's outputs for columns ``inputs`` ({contract name: (column, level) or (column,)
     array}, W on full levels), all of them evaluated in one call with grid spacing ``dx`` (m)
