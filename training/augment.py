@@ -28,7 +28,6 @@ a killed job is rerun as it was.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,12 +41,15 @@ from emulator.derive import density, saturation_mixing_ratio
 from training import mskf
 from training.columns import MSKF
 from training.prepare import expand_inputs, runner
-from training.settings import load_settings
+from training.settings import checked_settings
 from training.wrfout import WrfoutError, open_wrfout
 
 N_MODES = 4
 DT_PER_KM = 6.0  # s: WRF's rule of thumb for the time step
+# What augment changes; what else it reads; what it changes where the file has it.
 STATE = ("T", "QVAPOR", "PH", "W", "U", "V", "HFX", "UST", "PBLH")
+FIXED = ("P", "PB", "PHB")
+OPTIONAL_STATE = ("RHO", "W0AVG", "ZOL")
 
 
 @dataclass
@@ -71,12 +73,7 @@ class AugmentConfig:
 
     @classmethod
     def load(cls, path=None, sets=(), **flags) -> "AugmentConfig":
-        raw = load_settings(path, sets)
-        raw.update({k: v for k, v in flags.items() if v not in (None, [])})
-        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown augment settings {sorted(unknown)}")
-        cfg = cls(**raw)
+        cfg = cls(**checked_settings(cls, path, sets, flags, "augment"))
         if isinstance(cfg.input, str):
             cfg.input = [cfg.input]
         if not cfg.input or not cfg.out:
@@ -181,16 +178,16 @@ def augment_file(job: tuple, out_dir: Path, cfg: AugmentConfig, exe=None) -> Pat
     except Exception as err:
         raise WrfoutError(src, None, f"cannot be read as netCDF ({type(err).__name__}: {err})",
                           unreadable=True) from None
-    missing = [n for n in STATE + ("P", "PB", "PHB") if n not in ds.variables]
+    missing = [n for n in STATE + FIXED if n not in ds.variables]
     if missing:
         raise WrfoutError(src, missing[0], "missing: augment perturbs the model state")
     ds = ds.drop_vars([n for n in ds.variables if n.startswith("ORACLE_")])
     ds.attrs = {k: v for k, v in ds.attrs.items() if not k.startswith("ORACLE_")}
-    names = [n for n in STATE + ("P", "PB", "PHB", "RHO", "W0AVG", "ZOL") if n in ds.variables]
+    names = [n for n in STATE + FIXED + OPTIONAL_STATE if n in ds.variables]
     for t in range(ds.sizes["Time"]):
         new = perturb({n: ds[n].values[t] for n in names}, cfg, rng)
-        for n in STATE + ("RHO", "W0AVG", "ZOL"):
-            if n in new:
+        for n in names:
+            if n not in FIXED:
                 ds[n].values[t] = new[n]
     dx_km = float(np.exp(rng.uniform(*np.log(cfg.dx_km))))
     ds.attrs.update(DX=np.float32(1000 * dx_km), DY=np.float32(1000 * dx_km),

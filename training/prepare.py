@@ -32,7 +32,7 @@ from emulator.contract import Contract, default_contract
 from training.columns import EXPIRED, HELD, NOT_CALLED, PAIRINGS, SAMPLE_CLASSES, extract, stepcu
 from training.normalization import accumulate, summary
 from training.splits import SPLITS, SplitConfig, assign
-from training.settings import load_settings
+from training.settings import checked_settings
 from training.store import Store, concat_units, write_json
 from training.wrfout import WrfoutError, open_wrfout
 
@@ -60,11 +60,7 @@ class PrepareConfig:
     @classmethod
     def load(cls, path=None, sets=(), **flags) -> "PrepareConfig":
         """Settings from a YAML file, then ``key=value`` overrides (dotted keys), then flags."""
-        raw = load_settings(path, sets)
-        raw.update({k: v for k, v in flags.items() if v not in (None, False, [])})
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown prepare settings {sorted(unknown)}")
+        raw = checked_settings(cls, path, sets, flags, "prepare")
         split = raw.pop("split", {}) or {}
         unknown = set(split) - set(SplitConfig.__dataclass_fields__)
         if unknown:

@@ -27,3 +27,14 @@ def load_settings(path=None, sets=()) -> dict:
                 pass
         node[leaf] = parsed
     return raw
+
+
+def checked_settings(cls, path=None, sets=(), flags=None, what="job") -> dict:
+    """``load_settings`` with command-line ``flags`` on top (unset ones ignored), refusing keys
+    that are not fields of the dataclass ``cls``."""
+    raw = load_settings(path, sets)
+    raw.update({k: v for k, v in (flags or {}).items() if v not in (None, False, [])})
+    unknown = set(raw) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {what} settings {sorted(unknown)}")
+    return raw
