@@ -75,20 +75,28 @@ class ColumnFeatures(nn.Module):
     def forward(self, inputs: dict) -> torch.Tensor:
         """(batch, channels, levels): channel-major, so that stacking copies whole rows."""
         n = self.n_levels
-        channels = []
+        raw, shift, scale = [], [], []
         for name in self.names:
-            x = (inputs[name] - getattr(self, f"shift_{name}")) / getattr(self, f"scale_{name}")
+            s, c = getattr(self, f"shift_{name}"), getattr(self, f"scale_{name}")
+            x = inputs[name]
             level = self.levels[name]
-            if level == "w":
-                x = 0.5 * (x[:, :-1] + x[:, 1:])
+            if level == "w":  # normalised on its full levels, then averaged to mass levels
+                x = (x - s) / c
+                x, s, c = 0.5 * (x[:, :-1] + x[:, 1:]), torch.zeros_like(s[1:]), torch.ones_like(c[1:])
             elif level in ("surface", "scalar"):
-                x = x.reshape(-1, 1).expand(-1, n)
-            channels.append(x)
+                x, s, c = x.reshape(-1, 1).expand(-1, n), s.expand(n), c.expand(n)
+            raw.append(x)
+            shift.append(s)
+            scale.append(c)
+        # All channels normalised by one subtraction and one division (in the exported graph,
+        # few large operations cost less than many small ones).
+        x = (torch.stack(raw, dim=1) - torch.stack(shift)) / torch.stack(scale)
+        extra = []
         if self.derived:
-            channels += self._physics(inputs)
+            extra += self._physics(inputs)
         if self.trigger:
-            channels += source_layer_trigger(inputs, self.source_levels)
-        return torch.stack(channels, dim=1)
+            extra += source_layer_trigger(inputs, self.source_levels)
+        return torch.cat([x, torch.stack(extra, dim=1)], dim=1) if extra else x
 
     def _physics(self, inputs: dict) -> list:
         t, qv, p = inputs["T_PHY"], inputs["QVAPOR"], inputs["P_HYD"]
@@ -147,13 +155,15 @@ def source_layer_trigger(inputs: dict, bases: int) -> list:
 
     # The layer from base k takes levels k.. until it is 50 hPa deep; its mass-weighted means
     # are differences of running sums. end: one past its last level.
-    end = (below.unsqueeze(1) <= (below[:, :m] + SOURCE_DEPTH_MIN_PA).unsqueeze(2)).sum(dim=2)
-    end = end.clamp(max=n)
+    end = _count(below.unsqueeze(1) <= (below[:, :m] + SOURCE_DEPTH_MIN_PA).unsqueeze(2)).clamp(max=n)
     # (In double precision: the differences of float32 running sums lose the 0.01 K that
     # decide marginal triggers.)
     sums = torch.cumsum(torch.stack([dp * t, dp * q, dp * z, dp * p, dp], dim=2).double(), dim=1)
     sums = torch.nn.functional.pad(sums, (0, 0, 1, 0))  # (batch, level + 1, 5), zero first
-    layer = sums.gather(1, end.unsqueeze(2).expand(-1, -1, 5)) - sums[:, :m]
+    # (The five sums at each layer's end, gathered from the flattened (level, sum) axes: an
+    # index built by broadcasting in float32 costs ONNX Runtime less than an expanded int64 one.)
+    flat = (end.unsqueeze(2) * 5.0 + torch.arange(5.0, device=p.device)).flatten(1).long()
+    layer = sums.flatten(1).gather(1, flat).view(-1, m, 5) - sums[:, :m]
     tmix, qmix, zmix, pmix = ((layer[:, :, i] / layer[:, :, 4]).float() for i in range(4))
     emix = (qmix * pmix / (c.EP2 + qmix)).clamp(min=1e-3)
     tlog = torch.log(emix / (1000.0 * c.SVP1))
@@ -164,7 +174,7 @@ def source_layer_trigger(inputs: dict, bases: int) -> list:
 
     # LCL level: the first level whose height reaches the LCL (at or above the base, since the
     # LCL is above the layer's mean height).
-    klcl = (z.unsqueeze(1) < zlcl.unsqueeze(2)).sum(dim=2)
+    klcl = _count(z.unsqueeze(1) < zlcl.unsqueeze(2)).long()
     valid = klcl < n
     klcl = klcl.clamp(1, n - 1)
     under = klcl - 1
@@ -194,6 +204,12 @@ def source_layer_trigger(inputs: dict, bases: int) -> list:
                * torch.exp(c.XLV * at(qmix, first) / (c.CP * at(tlcl, first))))
     buoyancy = ((theta_e - theta_es) / 10.0).clamp(-5.0, 5.0)
     return [test, cloud_base, lcls, buoyancy]
+
+
+def _count(condition: torch.Tensor) -> torch.Tensor:
+    """How many entries along the last axis hold. (In float32, exact for these few levels:
+    ONNX Runtime sums int64 several times more slowly.)"""
+    return condition.float().sum(dim=-1)
 
 
 def _qsat(t, p):

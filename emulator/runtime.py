@@ -211,6 +211,7 @@ class Runtime:
         """(trigger fired, outputs of the columns that fired): the trigger stage on every
         column, the core on those that fire, one batch at a time."""
         n = len(inputs[self.contract.inputs[0].name])
+        core_inputs = [i.name for i in self.session.get_inputs()]
         fired, outputs = [], []
         for start in range(0, n, self.options.batch_columns):
             batch = {k: v[start:start + self.options.batch_columns] for k, v in inputs.items()}
@@ -218,7 +219,8 @@ class Runtime:
             fires = first.pop(self.trigger) >= self.options.trigger_threshold
             fired.append(fires)
             if fires.any():
-                outputs.append(self._run(self.session, {k: v[fires] for k, v in (batch | first).items()}))
+                batch |= first
+                outputs.append(self._run(self.session, {k: batch[k][fires] for k in core_inputs}))
         out = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
         return np.concatenate(fired), out
 
@@ -233,21 +235,24 @@ class Runtime:
         return {name: out[name] for name in self.contract.output_names}
 
     def _ood_bounds(self):
+        # float32, as the inputs: comparing them with float64 bounds would convert every value.
         self.ood_lo, self.ood_hi = {}, {}
         tol = self.options.ood_tolerance
         for v in self.contract.inputs:
             s = self.stats["inputs"][v.name]
             lo, hi = np.asarray(s["min"], np.float64), np.asarray(s["max"], np.float64)
             pad = tol * (hi - lo) + 1e-6 * np.maximum(np.abs(lo), np.abs(hi))
-            self.ood_lo[v.name], self.ood_hi[v.name] = lo - pad, hi + pad
+            self.ood_lo[v.name] = (lo - pad).astype(np.float32)
+            self.ood_hi[v.name] = (hi + pad).astype(np.float32)
 
     def out_of_distribution(self, inputs: dict) -> np.ndarray:
         """Columns with any input outside the training range widened by ``ood_tolerance``
-        ranges (per variable and level)."""
+        ranges (per variable and level), or not finite."""
         flagged = np.zeros(len(inputs[self.contract.inputs[0].name]), dtype=bool)
         for name in self.contract.input_names:
             x = inputs[name].reshape(len(flagged), -1)
-            flagged |= ((x < self.ood_lo[name]) | (x > self.ood_hi[name])).any(axis=1)
+            # (NaN fails both comparisons: one pass finds bad and unusual values alike.)
+            flagged |= ~((x >= self.ood_lo[name]) & (x <= self.ood_hi[name])).all(axis=1)
         return flagged
 
     # --- a WRF tile -----------------------------------------------------------------------
@@ -282,8 +287,9 @@ class Runtime:
             if name in self.scalars:
                 inputs[name] = np.full(cols.size, value, dtype=np.float32)
 
-        keep = self._finite(inputs, cols, tile, counts)
-        ood = self.out_of_distribution(inputs) & keep
+        unusual = self.out_of_distribution(inputs)
+        keep = self._finite(inputs, unusual, cols, tile, counts)
+        ood = unusual & keep
         counts["ood"] = int(ood.sum())
         if self.options.ood_policy != "predict":
             keep &= ~ood
@@ -314,12 +320,17 @@ class Runtime:
             tile.write(name, target, out[name], name in self.surface or name == "RAINCV")
         return counts
 
-    def _finite(self, inputs: dict, cols: np.ndarray, tile: "_Tile", counts: dict) -> np.ndarray:
-        """Columns whose inputs are all finite; the NaN policy decides about the others."""
+    def _finite(self, inputs: dict, unusual: np.ndarray, cols: np.ndarray, tile: "_Tile",
+                counts: dict) -> np.ndarray:
+        """Columns whose inputs are all finite; the NaN policy decides about the others.
+        Contract inputs are checked only on the ``unusual`` columns (a non-finite value is
+        one), the species the constraints read on every column."""
         keep = np.ones(cols.size, dtype=bool)
         for name in self.required_arrays:
             x = inputs[name].reshape(cols.size, -1)
-            bad = ~np.isfinite(x).all(axis=1)
+            suspects = np.flatnonzero(unusual) if name in self.ood_lo else slice(None)
+            bad = np.zeros(cols.size, dtype=bool)
+            bad[suspects] = ~np.isfinite(x[suspects]).all(axis=1)
             if bad.any() and self.options.nan_policy == "fatal":
                 first = int(np.flatnonzero(bad)[0])
                 i, j = tile.global_ij(cols[first])
@@ -381,22 +392,27 @@ class _Tile:
     def columns2(self, name: str) -> np.ndarray:
         return self.view2(name).reshape(-1)
 
+    def _select(self, cols: np.ndarray):
+        """Index of the (j, i) views for columns ``cols``: plain slices for the whole tile."""
+        if cols.size == self.n_columns:  # cols are sorted and unique: every column
+            return slice(None), slice(None)
+        return np.divmod(cols, self.ni)
+
     def columns(self, name: str, cols: np.ndarray, surface: bool, size: int) -> np.ndarray:
-        jj, ii = np.divmod(cols, self.ni)
-        if surface:
-            return np.asarray(self.view2(name)[jj, ii], dtype=np.float32)
-        return np.asarray(self.view3(name, size)[jj, ii, :], dtype=np.float32)
+        view = self.view2(name) if surface else self.view3(name, size)
+        # One strided copy of the tile in column order, then the columns asked for.
+        tile = np.asarray(view.reshape((self.n_columns,) + view.shape[2:]), dtype=np.float32)
+        return tile if cols.size == self.n_columns else tile[cols]
 
     def write(self, name: str, cols: np.ndarray, values, surface: bool) -> None:
-        jj, ii = np.divmod(cols, self.ni)
-        if surface:
-            self.view2(name)[jj, ii] = values
-        else:
-            self.view3(name, self.n_levels)[jj, ii, :] = values
+        view = self.view2(name) if surface else self.view3(name, self.n_levels)
+        jj, ii = self._select(cols)
+        if isinstance(jj, slice) and np.ndim(values):
+            values = np.reshape(values, view.shape)
+        view[jj, ii] = values
 
     def write2(self, view: np.ndarray, cols: np.ndarray, value) -> None:
-        jj, ii = np.divmod(cols, self.ni)
-        view[jj, ii] = value
+        view[self._select(cols)] = value
 
     def global_ij(self, col: int) -> tuple[int, int]:
         j, i = divmod(int(col), self.ni)
@@ -453,7 +469,10 @@ def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) ->
       convection (PRATEC = 0) ends with no net water change.
     * CUTOP, CUBOT: whole level indices within 1..levels, CUTOP >= CUBOT.
     """
-    res = {name: value.astype(np.float64) for name, value in out.items()}
+    # Column values and the water budget in double precision; the other profiles as the
+    # model gives them.
+    res = {name: value.astype(np.float64) if name in WATER or value.ndim == 1 else value
+           for name, value in out.items()}
     deepest = res["CLDFRA_DP"].max(axis=1)
     deep = (deepest >= res["CLDFRA_SH"].max(axis=1)) & (deepest >= 0.5 * CLOUD_RANGES["CLDFRA_DP"][0])
     shallow = ~deep
