@@ -8,14 +8,14 @@
   (W0AVG update, input checks, features, trigger, recurrent core on triggered columns,
   constraints) over every column of the oracle files, one 64 x 64 tile per file, one thread;
   in us per column of the fastest of several calls per file (all of it, inside ONNX Runtime,
-  and the runtime's own work outside it; also the median call) and as a multiple of WRF's MSKF (about 30 us per column on this machine
-  type, single thread, over the same files);
+  and the runtime's own work outside it; also the median call) and as a multiple of WRF's
+  MSKF (about 30 us per column on this machine type, single thread, over the same files);
 * ``mskf_call``: where the mskf_columns program is built (``make mskf-columns``), WRF's own
-  MSKF_CPS on the same tiles, timed the same way (fastest of several calls per file, every
-  column evaluated), so that the runtime call is also given as a multiple of the scheme
-  measured on this machine at the same time.
+  MSKF_CPS on the same tiles (every column evaluated), timed in the same rounds as the runtime
+  calls, file by file in turn, so that the ratio ``x_mskf_measured`` compares calls made under
+  the same load.
 
-    python bench/bench_runtime.py [--model MODEL.onnx ...] [--oracle DIR] [--quick]
+    python bench/bench_runtime.py [--model MODEL.onnx ...] [--oracle DIR] [--quick] [--calls-only]
 """
 
 import argparse
@@ -87,56 +87,93 @@ def inference(run: Path, store, peak: float, batches, threads, seconds) -> dict:
     return row
 
 
-def runtime_call(model: str, files: list, seconds) -> dict:
-    from emulator.runtime import Runtime
-    from training.replay import wrf_arrays
+class RuntimeCall:
+    """The full runtime call of one model on the oracle files, one 64 x 64 tile per file, one
+    thread; ``time(i)`` times file i a few times and keeps, per file, the least disturbed call
+    (this machine shares its cores, and timings of the same call vary by tens of percent)."""
+
+    def __init__(self, model: str, frames: list):
+        from emulator.runtime import Runtime
+        from training.replay import wrf_arrays
+
+        self.model = model
+        self.rt = Runtime.from_options({"model": model, "threads": 1})
+        # Time inside ONNX Runtime, to tell inference from the runtime's own numpy work.
+        session_run, self.inside = self.rt._run, 0.0
+
+        def timed_run(*args):
+            start = time.perf_counter()
+            result = session_run(*args)
+            self.inside += time.perf_counter() - start
+            return result
+
+        self.rt._run = timed_run
+        self.tiles = []
+        for frame in frames:
+            nz, ny, nx = frame.sizes["bottom_top"], frame.sizes["south_north"], frame.sizes["west_east"]
+            bounds = (1, nx + 1, 1, ny + 1, 1, nz + 1, 1, nx, 1, ny, 1, nz + 1, 1, nx, 1, ny, 1, nz)
+            self.tiles.append((wrf_arrays(frame, self.rt, "single_call"), bounds, frame.attrs["DT"],
+                               frame.attrs["DX"], nx * ny))
+        self.best = [None] * len(frames)  # (seconds, seconds inside ONNX Runtime)
+        self.all = [[] for _ in frames]
+        self.counts = [None] * len(frames)
+
+    def time(self, i: int, calls: int = 3) -> None:
+        base, bounds, dt, dx, _ = self.tiles[i]
+        for _ in range(calls):
+            arrays = {k: v.copy(order="F") for k, v in base.items()}  # fresh NCA = -100 state
+            self.inside = 0.0
+            start = time.perf_counter()
+            self.counts[i] = self.rt.run_tile(arrays, bounds, dt, dx, 0.0, 1)
+            elapsed = (time.perf_counter() - start, self.inside)
+            self.all[i].append(elapsed[0])
+            self.best[i] = min(self.best[i] or elapsed, elapsed)
+
+    def result(self) -> dict:
+        columns = sum(t[-1] for t in self.tiles)
+        total, inside = (sum(b[k] for b in self.best) for k in (0, 1))
+        counts = {k: sum(c[k] for c in self.counts) for k in ("triggered", "evaluated")}
+        us = total / columns * 1e6
+        return {"bench": "runtime_call", "model": self.model, "files": len(self.tiles), "columns": columns,
+                "triggered_fraction": counts["triggered"] / max(1, counts["evaluated"]),
+                "us_per_column": us, "x_mskf": us / MSKF_US_PER_COLUMN,
+                "median_us_per_column": sum(np.median(a) for a in self.all) / columns * 1e6,
+                "onnxruntime_us_per_column": inside / columns * 1e6,
+                "other_us_per_column": (total - inside) / columns * 1e6,
+                "mskf_reference_us_per_column": MSKF_US_PER_COLUMN}
+
+
+def side_by_side(models: list, files: list, rounds: int) -> list:
+    """``runtime_call`` rows for the models and, where the mskf_columns program is built
+    (``make mskf-columns``), an ``mskf_call`` row for WRF's own MSKF_CPS on the same tiles
+    (every column evaluated). Rounds alternate file by file between MSKF and the models, so
+    that all are timed under the same load; each keeps its fastest call per file."""
+    from training import mskf
     from training.wrfout import open_wrfout
 
-    rt = Runtime.from_options({"model": model, "threads": 1})
-    # Time inside ONNX Runtime, to tell inference from the runtime's own numpy work.
-    session_run, inference = rt._run, [0.0]
-
-    def timed_run(*args):
-        start = time.perf_counter()
-        result = session_run(*args)
-        inference[0] += time.perf_counter() - start
-        return result
-
-    rt._run = timed_run
-    total, inside, median, columns, counts = 0.0, 0.0, 0.0, 0, {}
-    for path in files:
-        frame = open_wrfout(path, extras=("QCLOUD", "QRAIN", "QICE", "QSNOW"), chunks=None,
-                            time=0).isel(Time=0).load()
-        nz, ny, nx = frame.sizes["bottom_top"], frame.sizes["south_north"], frame.sizes["west_east"]
-        base = wrf_arrays(frame, rt, "single_call")
-        bounds = (1, nx + 1, 1, ny + 1, 1, nz + 1, 1, nx, 1, ny, 1, nz + 1, 1, nx, 1, ny, 1, nz)
-
-        def call():
-            arrays = {k: v.copy(order="F") for k, v in base.items()}  # fresh NCA = -100 state
-            inference[0] = 0.0
-            start = time.perf_counter()
-            c = rt.run_tile(arrays, bounds, frame.attrs["DT"], frame.attrs["DX"], 0.0, 1)
-            call.elapsed, call.inside, call.counts = time.perf_counter() - start, inference[0], c
-
-        call()  # warm-up
-        times = []
-        while sum(t for t, _ in times) < seconds or len(times) < 3:
-            call()
-            times.append((call.elapsed, call.inside))
-        # The least disturbed call: this machine shares its cores, and timings of the same
-        # call vary by tens of percent.
-        best = min(times)
-        total, inside, median = total + best[0], inside + best[1], median + np.median([t for t, _ in times])
-        columns += nx * ny
-        counts = {k: counts.get(k, 0) + v for k, v in call.counts.items()}
-    us = total / columns * 1e6
-    return {"bench": "runtime_call", "model": model, "files": len(files), "columns": columns,
-            "triggered_fraction": counts["triggered"] / max(1, counts["evaluated"]),
-            "us_per_column": us, "x_mskf": us / MSKF_US_PER_COLUMN,
-            "median_us_per_column": median / columns * 1e6,
-            "onnxruntime_us_per_column": inside / columns * 1e6,
-            "other_us_per_column": (total - inside) / columns * 1e6,
-            "mskf_reference_us_per_column": MSKF_US_PER_COLUMN}
+    frames = [open_wrfout(path, extras=("QCLOUD", "QRAIN", "QICE", "QSNOW"), chunks=None,
+                          time=0).isel(Time=0).load() for path in files]
+    calls = [RuntimeCall(model, frames) for model in models]
+    try:
+        mskf.program()
+        scheme = [(mskf.column_inputs(open_wrfout(path, chunks=None, time=0, outputs=False)),
+                   frame.attrs["DX"], frame.attrs["DT"]) for path, frame in zip(files, frames)]
+    except mskf.MskfError:
+        scheme = None
+    mskf_best = [np.inf] * len(files)
+    for _ in range(rounds):
+        for i in range(len(files)):
+            if scheme:
+                mskf_best[i] = min(mskf_best[i], mskf.time_mskf(*scheme[i], repeat=3))
+            for call in calls:
+                call.time(i)
+    rows = [call.result() for call in calls]
+    if scheme:
+        mskf_us = sum(mskf_best) / sum(len(s[0]["T_PHY"]) for s in scheme) * 1e6
+        for row in rows:
+            row["x_mskf_measured"] = row["us_per_column"] / mskf_us
+        rows.insert(0, {"bench": "mskf_call", "files": len(files), "us_per_column": mskf_us})
+    return rows
 
 
 def main():
@@ -144,6 +181,8 @@ def main():
     parser.add_argument("--model", nargs="*", default=[], help="trained .onnx models for the runtime call")
     parser.add_argument("--oracle", default=str(REPO.parent / "shared" / "data" / "mskf_oracle"))
     parser.add_argument("--quick", action="store_true", help="fewer batch sizes, shorter timings")
+    parser.add_argument("--calls-only", action="store_true",
+                        help="only the runtime calls of --model and MSKF's (no inference sweeps)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from training.prepare import PrepareConfig, prepare
@@ -152,44 +191,20 @@ def main():
     files = sorted(glob.glob(os.path.join(args.oracle, "wrfout_oracle_*.nc")))
     if not files:
         raise SystemExit(f"no oracle files in {args.oracle}")
-    batches = (256, 4096) if args.quick else (64, 256, 1024, 4096)
-    seconds = 0.3 if args.quick else 1.0
-    peak = peak_gflops()
-    print(json.dumps({"bench": "peak", "threads": 1, "gflops": peak}), flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepare(PrepareConfig.load(REPO / "configs" / "prepare_oracle.yaml", [], input=files,
-                                   out=str(Path(tmp) / "store"), scheduler="synchronous"))
-        store = Store(Path(tmp) / "store")
-        for name in CONFIGS:
-            run = random_run(REPO / "configs" / name, store, Path(tmp) / Path(name).stem)
-            print(json.dumps(inference(run, store, peak, batches, (1, 2), seconds)), flush=True)
-    mskf_us = mskf_call(files)
-    if mskf_us is not None:
-        print(json.dumps({"bench": "mskf_call", "files": len(files), "us_per_column": mskf_us}), flush=True)
-    for model in args.model:
-        result = runtime_call(model, files, seconds)
-        if mskf_us is not None:
-            result["x_mskf_measured"] = result["us_per_column"] / mskf_us
-        print(json.dumps(result), flush=True)
-
-
-def mskf_call(files: list, repeat: int = 7):
-    """us per column of WRF's MSKF_CPS over the files (fastest call per file), or None without
-    the mskf_columns program."""
-    from training import mskf
-    from training.wrfout import open_wrfout
-
-    try:
-        mskf.program()
-    except mskf.MskfError:
-        return None
-    total, columns = 0.0, 0
-    for path in files:
-        frame = open_wrfout(path, chunks=None, time=0, outputs=False)
-        inputs = mskf.column_inputs(frame)
-        total += mskf.time_mskf(inputs, frame.attrs["DX"], frame.attrs["DT"], repeat=repeat)
-        columns += len(inputs["T_PHY"])
-    return total / columns * 1e6
+    if not args.calls_only:
+        batches = (256, 4096) if args.quick else (64, 256, 1024, 4096)
+        seconds = 0.3 if args.quick else 1.0
+        peak = peak_gflops()
+        print(json.dumps({"bench": "peak", "threads": 1, "gflops": peak}), flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            prepare(PrepareConfig.load(REPO / "configs" / "prepare_oracle.yaml", [], input=files,
+                                       out=str(Path(tmp) / "store"), scheduler="synchronous"))
+            store = Store(Path(tmp) / "store")
+            for name in CONFIGS:
+                run = random_run(REPO / "configs" / name, store, Path(tmp) / Path(name).stem)
+                print(json.dumps(inference(run, store, peak, batches, (1, 2), seconds)), flush=True)
+    for row in side_by_side(args.model, files, rounds=2 if args.quick else 4):
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
