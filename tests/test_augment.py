@@ -1,4 +1,5 @@
-"""mlcu augment: perturbed columns labelled by WRF's own MSKF.
+"""mlcu augment (perturbed columns labelled by WRF's own MSKF) and mlcu sensitivity (MSKF
+against itself under round-off perturbations).
 
 The perturbations are checked on every run. The scheme itself needs the mskf_columns program,
 built from a WRF source tree: set MLCU_MSKF_COLUMNS (a built program), MLCU_WRF_SRC (a source
@@ -6,6 +7,7 @@ tree) or MLCU_WRF_GIT (a git clone; tag MLCU_WRF_TAG, default v4.7.1). With it, 
 must reproduce the oracle files bit for bit, and augmented files must go through prepare.
 """
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -164,3 +166,27 @@ def test_real_wrf_history_is_labelled_afresh(ideal_files, mskf_program, tmp_path
     assert float((ds["RTHCUTEN"] != 0).any("bottom_top").mean()) > 0.1
     np.testing.assert_allclose(ds["W0AVG"].values, 0.5 * (ds["W"].values[:, 1:] + ds["W"].values[:, :-1]),
                                atol=1e-6)
+
+
+def test_sensitivity_measures_mskf_against_itself(oracle_files, mskf_program, tmp_path):
+    from training.cli import main
+
+    out = tmp_path / "sensitivity.json"
+    assert main(["sensitivity", "--input", str(oracle_files[-1]), "--eps", "0", "1e-5",
+                 "--mskf", str(mskf_program), "--out", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    # The program is deterministic: unmoved inputs give the same outputs exactly.
+    assert scores["0"]["trigger"]["f1"] == 1.0
+    assert all(scores["0"][k]["r2"] == 1.0 for k in mskf.SENSITIVITY_OUTPUTS)
+    # A few thousandths of a kelvin move some columns' convection, not the whole picture.
+    moved = scores["1e-05"]
+    assert moved["triggered"] > 0 and 0.95 < moved["trigger"]["f1"] < 1.0
+    assert 0.9 < moved["RTHCUTEN"]["r2"] < 1.0
+
+
+def test_sensitivity_without_the_program_says_how_to_build_it(oracle_files, tmp_path, capsys):
+    from training.cli import main
+
+    missing = tmp_path / "no_such_program"
+    assert main(["sensitivity", "--input", str(oracle_files[-1]), "--mskf", str(missing)]) == 2
+    assert "make mskf-columns" in capsys.readouterr().err

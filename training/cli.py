@@ -50,6 +50,23 @@ def _augment(args) -> int:
     return 0
 
 
+def _sensitivity(args) -> int:
+    import glob
+
+    from training.mskf import SENSITIVITY_OUTPUTS, sensitivity
+
+    files = sorted(f for pattern in args.input for f in glob.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no files match {args.input}")
+    result = sensitivity(files, args.eps, args.seed, args.mskf)
+    for eps, scores in result.items():
+        print(f"eps {eps}: trigger F1 {scores['trigger']['f1']:.4f}; R2 " + ", ".join(
+            f"{k} {scores[k]['r2']:.4f}" for k in SENSITIVITY_OUTPUTS))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
 def _train(args) -> int:
     import dataclasses
 
@@ -168,6 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override any setting, e.g. --set copies=8")
     au.set_defaults(func=_augment)
+
+    se = sub.add_parser(
+        "sensitivity", help="how far WRF's own MSKF moves when its inputs move by round-off",
+        description="Run MSKF (the mskf_columns program) on every column of single-call files "
+                    "as they are and with each temperature moved by a relative EPS, and score "
+                    "the moved outputs against the unmoved ones as 'mlcu evaluate' scores a "
+                    "model: the ceiling of any emulator's scores on those columns.")
+    se.add_argument("--input", nargs="+", required=True, metavar="GLOB",
+                    help="single-call files (the MSKF oracle, or 'mlcu augment' output)")
+    se.add_argument("--eps", nargs="+", type=float, default=[1e-6, 1e-5],
+                    help="relative perturbations of T_PHY (default: 1e-6 1e-5, about 0.0003 "
+                         "and 0.003 K)")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--mskf", help="the mskf_columns program (default: $MLCU_MSKF_COLUMNS, "
+                                   "else training/mskf_columns/build/mskf_columns)")
+    se.add_argument("--out", help="write the scores as JSON here")
+    se.set_defaults(func=_sensitivity)
 
     tr = sub.add_parser(
         "train", help="train the Bi-LSTM emulator on a training store",

@@ -105,3 +105,52 @@ def _call(inputs: dict, dx: float, dt: float, exe, repeat: int) -> tuple:
         out[name] = raw[at:at + n].copy()
         at += n
     return out, done.stdout
+
+
+SENSITIVITY_OUTPUTS = ("RTHCUTEN", "RQVCUTEN", "RQCCUTEN", "RQRCUTEN", "RQICUTEN", "RUCUTEN",
+                       "RVCUTEN", "PRATEC")
+
+
+def sensitivity(files, perturbations, seed: int = 0, exe=None) -> dict:
+    """How far MSKF's own outputs move when its input temperatures move by round-off.
+
+    Every column of each single-call file is run as it is and with T_PHY multiplied by
+    (1 + eps x N(0, 1)), value by value, for each relative ``eps`` of ``perturbations``. The
+    perturbed outputs are scored against the unperturbed ones as the evaluation scores the
+    emulator (trigger: any heating or moistening; R2 pooled over levels on the columns the
+    unperturbed call triggers): the ceiling of what any emulator can reach against MSKF on
+    these columns. Returns {eps: scores}."""
+    from training.metrics import regression_scores, trigger_scores
+    from training.wrfout import open_wrfout
+
+    rng = np.random.default_rng(seed)
+    runs = []
+    for path in files:
+        frame = open_wrfout(path, chunks=None, time=0, outputs=False)
+        inputs = column_inputs(frame)
+        dx, dt = float(frame.attrs["DX"]), float(frame.attrs["DT"])
+        runs.append((inputs, dx, dt, run_mskf(inputs, dx, dt, exe)))
+
+    def fired(out):
+        return (out["RTHCUTEN"] != 0).any(axis=1) | (out["RQVCUTEN"] != 0).any(axis=1)
+
+    result = {}
+    for eps in perturbations:
+        truth, pred = {k: [] for k in SENSITIVITY_OUTPUTS}, {k: [] for k in SENSITIVITY_OUTPUTS}
+        for inputs, dx, dt, reference in runs:
+            t = inputs["T_PHY"]
+            moved = dict(inputs, T_PHY=(t * (1.0 + eps * rng.standard_normal(t.shape))).astype(np.float32))
+            out = run_mskf(moved, dx, dt, exe)
+            for k in SENSITIVITY_OUTPUTS:
+                truth[k].append(reference[k])
+                pred[k].append(out[k])
+            truth.setdefault("fired", []).append(fired(reference))
+            pred.setdefault("fired", []).append(fired(out))
+        fired_truth = np.concatenate(truth["fired"])
+        scores = {"columns": int(fired_truth.size), "triggered": int(fired_truth.sum()),
+                  "trigger": trigger_scores(fired_truth, np.concatenate(pred["fired"]))}
+        for k in SENSITIVITY_OUTPUTS:
+            scores[k] = regression_scores(np.concatenate(truth[k]), np.concatenate(pred[k]),
+                                          fired_truth)["pooled"]
+        result[f"{eps:g}"] = scores
+    return result
