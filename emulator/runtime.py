@@ -44,6 +44,8 @@ COLUMN_RECIPES = {"height_above_ground": ("DZ8W", height_above_ground_from_thick
 # Water tendencies and the species they act on (for the non-negativity constraint).
 WATER = {"RQVCUTEN": "QVAPOR", "RQCCUTEN": "QCLOUD", "RQRCUTEN": "QRAIN",
          "RQICUTEN": "QICE", "RQSCUTEN": "QSNOW"}
+# The inputs the constraints read: the species, and the layers' mass.
+CONSTRAINT_INPUTS = tuple(WATER.values()) + ("RHO", "DZ8W")
 CLOUD_RANGES = {"CLDFRA_DP": (0.01, 0.6), "CLDFRA_SH": (0.01, 0.2)}  # MSKF's in-cloud ranges
 SAFETY = 0.999  # margin of the vapour limit, for float32 rounding of the stored tendencies
 # The column features, an extra output of two-stage models (emulator.export).
@@ -301,16 +303,14 @@ class Runtime:
         run = inputs if keep.all() else {k: v[keep] for k, v in inputs.items()}
         if self.trigger_session is not None:  # the recurrent core only where it convects
             fires, out = self._two_stages(run)
-            run = {k: v[fires] for k, v in run.items()}
         else:
             out = self._run(self.session, run)
             fires = out[self.trigger] >= self.options.trigger_threshold
             out = {k: v[fires] for k, v in out.items()}
-            run = {k: v[fires] for k, v in run.items()}
         counts["triggered"] = int(fires.sum())
         if not fires.any():
             return counts
-        out, info = constrain(out, run, dt, cudt, self.n_levels)
+        out, info = constrain(out, {k: run[k][fires] for k in CONSTRAINT_INPUTS}, dt, cudt, self.n_levels)
         for key in ("deep", "shallow", "limited"):
             counts[key] = info[key]
         target = cols[keep][fires]
