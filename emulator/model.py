@@ -20,6 +20,10 @@ Physics the network need not learn (each switched on in the model settings):
   only up to the highest CUTOP of the training data plus this many levels, and every level
   output above the predicted CUTOP is zero.
 
+``level_stride`` > 1 makes the recurrent core step over groups of that many levels (their
+features side by side in, their outputs side by side out): fewer recurrent steps, the cost
+that dominates a column's inference.
+
 Targets are learned in normalised units: each output variable divided by one scale for all
 its levels (its standard deviation over triggered training columns, or its absolute maximum
 for the seed-baseline configuration), so that pooled errors weigh levels as the pooled scores
@@ -72,6 +76,9 @@ class ModelConfig:
     # None: the recurrent core runs on every level. n: up to the training data's highest
     # CUTOP + n (needs CUTOP in level_targets).
     core_top_margin: int | None = None
+    # Levels per recurrent step: with 2 the core steps over pairs of levels (half the steps,
+    # each seeing both levels' features and giving both levels' outputs).
+    level_stride: int = 1
 
 
 def target_scale(stats: dict, name: str, how: str) -> float:
@@ -120,15 +127,20 @@ class CumulusLSTM(nn.Module):
         if cfg.core_top_margin is not None and "CUTOP" not in self.level_targets:
             raise ValueError("model.core_top_margin needs CUTOP in model.level_targets")
         self.log_targets = set(cfg.log_targets)
+        if cfg.level_stride < 1:
+            raise ValueError(f"model.level_stride must be >= 1, got {cfg.level_stride}")
+        self.stride = cfg.level_stride
         self.n_core = contract.n_levels if cfg.core_top_margin is None else min(
             contract.n_levels, int(max(stats["targets"]["CUTOP"]["max"])) + cfg.core_top_margin)
+        self.core_steps = -(-self.n_core // self.stride)  # the last may reach past the core
 
         self.features = ColumnFeatures(contract, stats, cfg.input_normalisation, cfg.derived_features,
                                        cfg.trigger_features)
-        self.project = nn.Linear(self.features.channels, cfg.hidden)
+        self.project = nn.Linear(self.features.channels * self.stride, cfg.hidden)
         self.lstm = nn.LSTM(cfg.hidden, cfg.hidden, num_layers=cfg.layers,
                             bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.level_head = nn.Linear(2 * cfg.hidden, len(self.level_outputs) + len(self.level_targets))
+        self.level_head = nn.Linear(2 * cfg.hidden,
+                                    (len(self.level_outputs) + len(self.level_targets)) * self.stride)
         self.separate_trigger = cfg.trigger_hidden > 0
         self.column_head = nn.Sequential(
             nn.Linear(4 * cfg.hidden, cfg.column_hidden), nn.GELU(),
@@ -152,10 +164,23 @@ class CumulusLSTM(nn.Module):
 
     def heads(self, x: torch.Tensor) -> dict:
         """``forward`` from the features (batch, channels, levels)."""
-        # Levels first for the recurrent core: (core levels, batch, hidden).
-        projected = torch.matmul(self.project.weight, x[:, :, :self.n_core]) + self.project.bias[:, None]
+        core = x[:, :, :self.n_core]
+        steps, width = self.core_steps, self.core_steps * self.stride
+        if width > self.n_core:
+            core = nn.functional.pad(core, (0, width - self.n_core))
+        if self.stride > 1:  # (batch, channels x stride, steps): a step's levels side by side
+            core = core.reshape(-1, core.shape[1], steps, self.stride).transpose(2, 3)
+            core = core.reshape(-1, core.shape[1] * self.stride, steps)
+        # Steps first for the recurrent core: (steps, batch, hidden).
+        projected = torch.matmul(self.project.weight, core) + self.project.bias[:, None]
         h, _ = self.lstm(torch.tanh(projected.permute(2, 0, 1)))
-        per_level = self.level_head(h).permute(2, 1, 0)  # (variables, batch, core levels)
+        per_level = self.level_head(h)  # (steps, batch, variables x stride)
+        if self.stride > 1:
+            variables = per_level.shape[2] // self.stride
+            per_level = per_level.reshape(steps, -1, variables, self.stride).permute(2, 1, 0, 3)
+            per_level = per_level.reshape(variables, -1, width)[:, :, :self.n_core]
+        else:
+            per_level = per_level.permute(2, 1, 0)  # (variables, batch, core levels)
         # (The maximum as a chain of element-wise maxima: ONNX Runtime reduces over a leading
         # axis slowly.)
         pooled = torch.cat([h.mean(dim=0), functools.reduce(torch.maximum, h.unbind(0))], dim=-1)
@@ -233,12 +258,12 @@ def count_parameters(model: nn.Module) -> int:
 
 def flops_per_column(model: CumulusLSTM) -> int:
     """Multiply-adds x 2 of one column's forward pass (matrix products only)."""
-    n, h, cfg = model.n_core, model.cfg.hidden, model.cfg
-    flops = 2 * n * model.features.channels * h  # projection
+    n, s, h, cfg = model.core_steps, model.stride, model.cfg.hidden, model.cfg
+    flops = 2 * n * model.features.channels * s * h  # projection
     for layer in range(cfg.layers):
         inp = h if layer == 0 else 2 * h
         flops += 2 * 2 * n * 4 * h * (inp + h)  # two directions, four gates
-    flops += 2 * n * 2 * h * (len(model.level_outputs) + len(model.level_targets))
+    flops += 2 * n * 2 * h * (len(model.level_outputs) + len(model.level_targets)) * s
     flops += 2 * (4 * h * cfg.column_hidden + cfg.column_hidden * (1 + len(model.column_outputs)))
     return flops + trigger_flops_per_column(model)
 

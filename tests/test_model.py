@@ -1,6 +1,7 @@
 """The network's physics pieces: MSKF's advective hold time, its trigger test on source layers,
 level indices as a choice among levels and the recurrent core cut above the cloud tops."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 
 from emulator.contract import default_contract
 from emulator.features import source_layer_trigger
-from emulator.model import CumulusLSTM, ModelConfig, advective_time
+from emulator.model import CumulusLSTM, ModelConfig, advective_time, flops_per_column
 from training.columns import extract
 from training.data import ColumnBatches
 from training.store import Store
@@ -90,6 +91,35 @@ def test_level_targets_core_and_advective_nca(batch_and_model):
     for name in model.level_outputs:
         assert (phys[name].numpy()[above] == 0).all(), f"{name} non-zero above the cloud top"
     np.testing.assert_array_equal(phys["NCA"].numpy(), advective_time(batch, phys["CUBOT"]).numpy())
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_level_stride_steps_over_groups_of_levels(batch_and_model, stride):
+    batch, base, stats = batch_and_model
+    torch.manual_seed(0)
+    model = CumulusLSTM(base.contract, stats, dataclasses.replace(base.cfg, level_stride=stride)).eval()
+    assert model.core_steps == -(-model.n_core // stride)
+    x = model.features(batch).detach().requires_grad_(True)
+    out = model.heads(x)
+    assert out["RTHCUTEN"].shape == batch["RTHCUTEN"].shape and out["CUTOP"].shape == (256, model.n_core)
+    # Each level's output comes from its own step: with the recurrence cut (no hidden-to-hidden
+    # weights, forget gates shut) the output at a level depends on the features of exactly
+    # the levels of its step.
+    h = model.cfg.hidden
+    with torch.no_grad():
+        for direction in ("", "_reverse"):
+            getattr(model.lstm, f"weight_hh_l0{direction}").zero_()
+            getattr(model.lstm, f"bias_ih_l0{direction}")[h:2 * h] = -1e4
+    for k in (0, model.n_core // 2, model.n_core - 1):
+        x.grad = None
+        model.heads(x)["RTHCUTEN"][:, k].sum().backward()
+        touched = x.grad.abs().sum(dim=(0, 1)) > 0
+        step = k // stride
+        expected = torch.zeros_like(touched)
+        expected[step * stride:min((step + 1) * stride, model.n_core)] = True
+        assert torch.equal(touched, expected), f"level {k}"
+    # The cost follows the steps.
+    assert flops_per_column(model) < flops_per_column(base)
 
 
 def test_level_targets_are_learned_by_cross_entropy(batch_and_model):
