@@ -124,33 +124,33 @@ def sensitivity(files, perturbations, seed: int = 0, exe=None) -> dict:
     from training.wrfout import open_wrfout
 
     rng = np.random.default_rng(seed)
-    runs = []
+    runs, reference = [], []
     for path in files:
         frame = open_wrfout(path, chunks=None, time=0, outputs=False)
         inputs = column_inputs(frame)
         dx, dt = float(frame.attrs["DX"]), float(frame.attrs["DT"])
-        runs.append((inputs, dx, dt, run_mskf(inputs, dx, dt, exe)))
+        runs.append((inputs, dx, dt))
+        reference.append(run_mskf(inputs, dx, dt, exe))
 
-    def fired(out):
-        return (out["RTHCUTEN"] != 0).any(axis=1) | (out["RQVCUTEN"] != 0).any(axis=1)
+    def fired(outs):  # any heating or moistening, as training.columns classifies columns
+        return np.concatenate([(o["RTHCUTEN"] != 0).any(axis=1) | (o["RQVCUTEN"] != 0).any(axis=1)
+                               for o in outs])
+
+    def joined(outs, name):
+        return np.concatenate([o[name] for o in outs])
 
     result = {}
     for eps in perturbations:
-        truth, pred = {k: [] for k in SENSITIVITY_OUTPUTS}, {k: [] for k in SENSITIVITY_OUTPUTS}
-        for inputs, dx, dt, reference in runs:
+        moved = []
+        for inputs, dx, dt in runs:
             t = inputs["T_PHY"]
-            moved = dict(inputs, T_PHY=(t * (1.0 + eps * rng.standard_normal(t.shape))).astype(np.float32))
-            out = run_mskf(moved, dx, dt, exe)
-            for k in SENSITIVITY_OUTPUTS:
-                truth[k].append(reference[k])
-                pred[k].append(out[k])
-            truth.setdefault("fired", []).append(fired(reference))
-            pred.setdefault("fired", []).append(fired(out))
-        fired_truth = np.concatenate(truth["fired"])
-        scores = {"columns": int(fired_truth.size), "triggered": int(fired_truth.sum()),
-                  "trigger": trigger_scores(fired_truth, np.concatenate(pred["fired"]))}
-        for k in SENSITIVITY_OUTPUTS:
-            scores[k] = regression_scores(np.concatenate(truth[k]), np.concatenate(pred[k]),
-                                          fired_truth)["pooled"]
+            shifted = (t * (1.0 + eps * rng.standard_normal(t.shape))).astype(np.float32)
+            moved.append(run_mskf(dict(inputs, T_PHY=shifted), dx, dt, exe))
+        triggered = fired(reference)
+        scores = {"columns": int(triggered.size), "triggered": int(triggered.sum()),
+                  "trigger": trigger_scores(triggered, fired(moved))}
+        for name in SENSITIVITY_OUTPUTS:
+            scores[name] = regression_scores(joined(reference, name), joined(moved, name),
+                                             triggered)["pooled"]
         result[f"{eps:g}"] = scores
     return result
