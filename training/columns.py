@@ -81,6 +81,11 @@ def stepcu(attrs: dict) -> int:
     return 1
 
 
+def convected(rthcuten: np.ndarray, rqvcuten: np.ndarray) -> np.ndarray:
+    """Columns (rows of (column, level) arrays) the scheme heats or moistens."""
+    return (rthcuten != 0).any(axis=1) | (rqvcuten != 0).any(axis=1)
+
+
 def classify(frame: xr.Dataset, steps_per_call: int, pairing: str = "history",
              lag: np.ndarray | None = None) -> np.ndarray:
     """Class name of every column of one time (flattened south_north x west_east); ``lag``:
@@ -89,7 +94,7 @@ def classify(frame: xr.Dataset, steps_per_call: int, pairing: str = "history",
         raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
     dt = float(frame.attrs["DT"])
     nca = _flatten(frame["NCA"])[:, 0]
-    thermo = (_flatten(frame["RTHCUTEN"]) != 0).any(axis=1) | (_flatten(frame["RQVCUTEN"]) != 0).any(axis=1)
+    thermo = convected(_flatten(frame["RTHCUTEN"]), _flatten(frame["RQVCUTEN"]))
     shallow_hold = steps_per_call * dt if steps_per_call > 1 else 0.0  # CUDT * 60
     held = nca >= 0.5 * dt
     classes = np.full(nca.shape, INACTIVE, dtype=object)

@@ -120,6 +120,7 @@ def sensitivity(files, perturbations, seed: int = 0, exe=None) -> dict:
     emulator (trigger: any heating or moistening; R2 pooled over levels on the columns the
     unperturbed call triggers): the ceiling of what any emulator can reach against MSKF on
     these columns. Returns {eps: scores}."""
+    from training.columns import convected
     from training.metrics import regression_scores, trigger_scores
     from training.wrfout import open_wrfout
 
@@ -132,9 +133,8 @@ def sensitivity(files, perturbations, seed: int = 0, exe=None) -> dict:
         runs.append((inputs, dx, dt))
         reference.append(run_mskf(inputs, dx, dt, exe))
 
-    def fired(outs):  # any heating or moistening, as training.columns classifies columns
-        return np.concatenate([(o["RTHCUTEN"] != 0).any(axis=1) | (o["RQVCUTEN"] != 0).any(axis=1)
-                               for o in outs])
+    def fired(outs):  # as training.columns classifies columns
+        return np.concatenate([convected(o["RTHCUTEN"], o["RQVCUTEN"]) for o in outs])
 
     def joined(outs, name):
         return np.concatenate([o[name] for o in outs])

@@ -26,7 +26,7 @@ program mskf_columns
   real, parameter :: svp1 = 0.6112, svp2 = 17.67, svp3 = 29.65, svpt0 = 273.15
   integer, parameter :: n_in3 = 10, n_out3 = 17, n_out2 = 6
   character(len=4096) :: in_path, out_path
-  integer :: ncol, nz, unit, status, k, repeat, call
+  integer :: ncol, nz, unit, status, k, repeat, icall
   integer(8) :: tick0, tick1, rate
   real(8) :: fastest
   character(len=32) :: arg
@@ -71,7 +71,7 @@ program mskf_columns
   close (unit)
 
   fastest = huge(1.d0)
-  do call = 1, repeat
+  do icall = 1, repeat
     out3 = 0.; out2 = 0.; extra = 0.; ainc = 0.; active = .false.
     call mskf_init(out3(:, :, :, 1), out3(:, :, :, 2), out3(:, :, :, 3), out3(:, :, :, 4), &
                    out3(:, :, :, 5), out3(:, :, :, 6), out2(:, :, 3), out3(:, :, :, 17), &
