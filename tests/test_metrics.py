@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from training.metrics import (equitable_threat_scores, negative_water_fraction,
-                              nca_step_errors, regression_scores, trigger_scores,
-                              water_budget_residual)
+                              nca_step_errors, profile_error_split, regression_scores,
+                              trigger_scores, water_budget_residual)
 
 
 def test_regression_perfect_prediction():
@@ -140,3 +140,24 @@ def test_negative_water_fraction():
     # column 0: 1e-4 - 5e-5 >= 0; column 1: 1e-4 - 2e-4 < 0; column 2 unchanged; column 3 < 0
     assert negative_water_fraction(q, tend, hold) == pytest.approx(0.5)
     assert negative_water_fraction(q, tend, 0.0) == 0.0
+
+
+def test_profile_error_split():
+    truth = np.array([[1.0, 2.0, 0.0], [1.0, 1.0, 1.0], [0.0, 3.0, 1.0]])
+    top = np.array([2, 3, 3])
+    # Amplitude alone: scaling each column back removes all of the error.
+    split = profile_error_split(truth, truth * np.array([[2.0], [0.5], [1.0]]), top, top)
+    assert split["amplitude_fraction"] == pytest.approx(1.0)
+    assert split["cloud_top_off_fraction"] == 0.0
+    # Column 0 reaches one level too high (SSE 1; its best factor 5/6 leaves 5/6), column 1 has
+    # a wrong shape (SSE 4; its best factor 1/3 leaves 8/3), column 2 is right.
+    pred = np.array([[1.0, 2.0, 1.0], [1.0, 1.0, -1.0], [0.0, 3.0, 1.0]])
+    split = profile_error_split(truth, pred, top, np.array([3, 3, 3]))
+    assert split["amplitude_fraction"] == pytest.approx(1 - (5 / 6 + 8 / 3) / 5)
+    assert split["cloud_top_off_fraction"] == pytest.approx(1 / 5)
+    assert split["n"] == 3
+    # No error (or no column): nothing to split.
+    assert profile_error_split(truth, truth, top, top)["amplitude_fraction"] is None
+    assert profile_error_split(truth[:0], truth[:0], top[:0], top[:0])["cloud_top_off_fraction"] is None
+    with pytest.raises(ValueError):
+        profile_error_split(truth[:, 0], truth[:, 0], top, top)

@@ -89,6 +89,8 @@ def test_warm_start_and_side_by_side_report(store, tmp_path):
     scores = report["results"]["first"]
     assert set(scores["regression"]) >= {"RTHCUTEN", "RQVCUTEN", "PRATEC", "NCA", "CUTOP"}
     assert 0.0 <= scores["trigger"]["accuracy"] <= 1.0
+    assert set(scores["profile_error"]) >= {"RTHCUTEN", "RQVCUTEN"} and "PRATEC" not in scores["profile_error"]
+    assert "Where the profile error lies" in (tmp_path / "report" / "report.md").read_text()
     cli = subprocess.run([str(BIN / "mlcu"), "evaluate", "--model", str(first), "--store", str(store),
                           "--out", str(tmp_path / "cli")], capture_output=True, text=True)
     assert cli.returncode == 0 and "trigger F1" in cli.stdout

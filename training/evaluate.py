@@ -5,8 +5,9 @@ Predictions are taken as WRF would use them: where the predicted trigger probabi
 given on the triggered columns (truth trigger) and on all columns; the store holds only
 columns the scheme freshly computed. Also: trigger accuracy, precision, recall, F1 and CSI;
 precipitation R2, bias and equitable threat score at several thresholds; NCA error in time
-steps on deep columns; cloud base and top levels exact and within one level (on columns both
-the truth and the model trigger); physics checks on the predicted columns (column water budget residual
+steps on deep columns; cloud base and top levels exact and within one level, and where the
+profile error lies (amplitude or shape, columns with the cloud top wrong), on columns both the
+truth and the model trigger; physics checks on the predicted columns (column water budget residual
 against PRATEC, and the fraction of columns whose vapour would go negative over the predicted
 hold time). Several models are compared side by side in one report.
 """
@@ -28,6 +29,7 @@ ETS_THRESHOLDS_MM_H = (0.1, 1.0, 5.0, 10.0)
 PHYSICS_INPUTS = ("RHO", "DZ8W", "QVAPOR", "P_HYD", "DT")
 DEEP = 2
 LEVEL_INDICES = ("CUBOT", "CUTOP")
+CLOUD_TOP = "CUTOP"
 
 
 class Predictor:
@@ -91,6 +93,9 @@ def score(truth: dict, pred: dict, trigger: str, column_class: np.ndarray) -> di
         "nca": metrics.nca_step_errors(truth["NCA"][deep], pred["NCA"][deep], truth["DT"][deep]),
         "cloud_levels": {name: metrics.level_index_scores(truth[name][both], pred[name][both])
                          for name in LEVEL_INDICES},
+        "profile_error": {name: metrics.profile_error_split(truth[name][both], pred[name][both],
+                                                            truth[CLOUD_TOP][both], pred[CLOUD_TOP][both])
+                          for name in pred if pred[name].ndim == 2},
         "physics": {
             "water_budget_residual_mm_per_h": {
                 "mean_abs": float(np.mean(np.abs(residual)) * 3600) if residual.size else None,

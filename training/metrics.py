@@ -109,6 +109,30 @@ def level_index_scores(truth, pred) -> dict:
             "within_one_fraction": float(np.mean(diff <= 1)) if n else None, "n": n}
 
 
+def profile_error_split(truth, pred, top_truth, top_pred) -> dict:
+    """Where the squared error of a profile output (N, L) lies, over columns that both the truth
+    and the model trigger.
+
+    ``amplitude_fraction``: the part of the error that the best amplitude per column would
+    remove (each predicted profile scaled by its least-squares factor); the rest is error of
+    shape. ``cloud_top_off_fraction``: the part in columns whose cloud top level (1-based, (N,))
+    is wrong. None when there is no error.
+    """
+    truth = np.asarray(truth, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    if truth.shape != pred.shape or truth.ndim != 2:
+        raise ValueError(f"truth {truth.shape} and pred {pred.shape} must be equal (N, L)")
+    column_sse = np.sum((pred - truth) ** 2, axis=1)
+    sse = float(column_sse.sum())
+    power = np.sum(pred * pred, axis=1)
+    scale = np.divide(np.sum(pred * truth, axis=1), power, out=np.ones_like(power), where=power > 0)
+    shape_sse = float(np.sum((scale[:, None] * pred - truth) ** 2))
+    top_off = np.rint(np.asarray(top_pred, dtype=np.float64)) != np.rint(np.asarray(top_truth, dtype=np.float64))
+    return {"amplitude_fraction": _ratio(sse - shape_sse, sse),
+            "cloud_top_off_fraction": _ratio(float(column_sse[top_off].sum()), sse),
+            "n": int(truth.shape[0])}
+
+
 def water_budget_residual(tendencies: dict, rho, dz, pratec) -> np.ndarray:
     """Column water budget residual (N,) in mm s-1.
 

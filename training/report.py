@@ -87,6 +87,15 @@ def _markdown(title, results):
         [[m] + [_fmt(_get(results[m], "cloud_levels", v, k), ".1%")
                 for v in ("CUBOT", "CUTOP") for k in ("exact_fraction", "within_one_fraction")]
          for m in models])
+    profiles = _union(_get(r, "profile_error") for r in results.values())
+    lines += ["## Where the profile error lies", "",
+              "Share of each profile's squared error, on columns both the truth and the model "
+              "trigger, that the best amplitude per column would remove (the rest is shape), and "
+              "share in columns whose cloud top (CUTOP) is wrong (their number: 1 - CUTOP exact above).", ""]
+    lines += _table(["Variable"] + [f"{m}: amplitude / CUTOP wrong" for m in models], [
+        [v] + [f"{_fmt(_get(results[m], 'profile_error', v, 'amplitude_fraction'), '.0%')} / "
+               f"{_fmt(_get(results[m], 'profile_error', v, 'cloud_top_off_fraction'), '.0%')}"
+               for m in models] for v in profiles])
     lines += ["## Physics", ""] + _table(
         ["Model", "Water residual mean abs (mm/h)", "Water residual p99 abs (mm/h)",
          "Negative water fraction"],
