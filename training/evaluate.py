@@ -29,7 +29,6 @@ ETS_THRESHOLDS_MM_H = (0.1, 1.0, 5.0, 10.0)
 PHYSICS_INPUTS = ("RHO", "DZ8W", "QVAPOR", "P_HYD", "DT")
 DEEP = 2
 LEVEL_INDICES = ("CUBOT", "CUTOP")
-CLOUD_TOP = "CUTOP"
 
 
 class Predictor:
@@ -94,7 +93,7 @@ def score(truth: dict, pred: dict, trigger: str, column_class: np.ndarray) -> di
         "cloud_levels": {name: metrics.level_index_scores(truth[name][both], pred[name][both])
                          for name in LEVEL_INDICES},
         "profile_error": {name: metrics.profile_error_split(truth[name][both], pred[name][both],
-                                                            truth[CLOUD_TOP][both], pred[CLOUD_TOP][both])
+                                                            truth["CUTOP"][both], pred["CUTOP"][both])
                           for name in pred if pred[name].ndim == 2},
         "physics": {
             "water_budget_residual_mm_per_h": {
