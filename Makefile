@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Extra pip arguments, for example a local index or a CPU-only wheel source.
 PIP_ARGS ?=
 
-.PHONY: setup system-deps python-env demo test bench clean bridge bridge-flags mskf-columns
+.PHONY: setup system-deps python-env demo test bench clean bridge bridge-flags mskf-columns updraft
 
 setup: system-deps python-env
 
@@ -39,7 +39,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	$(PY) -m pip install -q -e '.[test]' $(PIP_ARGS)
 	touch $@
 
-demo: setup bridge
+demo: setup updraft bridge
 	$(VENV)/bin/mlcu generate --config configs/generate.yaml --out $(DATA)
 	$(VENV)/bin/mlcu prepare --config configs/prepare.yaml --input '$(DATA)/*/wrfout_d01_*' \
 	  --out $(STORE) --overwrite
@@ -59,8 +59,13 @@ BRIDGE = $(MAKE) --no-print-directory -C fortran_bridge PY=$(abspath $(PY))
 MPIRUN = OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
          OMPI_MCA_btl_vader_single_copy_mechanism=none OMP_NUM_THREADS=1 mpirun
 
-bridge: setup
+bridge: setup updraft
 	$(BRIDGE)
+
+# MSKF's trigger and updraft (emulator/kf_updraft.f90), the model's updraft features, as a
+# Python extension in emulator/.
+updraft: setup
+	$(MAKE) --no-print-directory -C emulator PY=$(abspath $(PY))
 
 # WRF's own MSKF as a standalone program for `mlcu augment` (needs a WRF source tree; nothing
 # of it is copied here): make mskf-columns WRF_SRC=/path/to/WRF
@@ -71,14 +76,15 @@ mskf-columns:
 bridge-flags:
 	@$(BRIDGE) -s flags
 
-test: setup bridge
+test: setup updraft bridge
 	$(PY) -m pytest -q tests
 
-bench: setup bridge
+bench: setup updraft bridge
 	$(PY) bench/bench_generate.py
 	$(PY) bench/bench_prepare.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_bridge.py
 
 clean:
-	rm -rf $(DATA) $(STORE) $(RUN) $(REPORT) .pytest_cache fortran_bridge/build training/mskf_columns/build
+	rm -rf $(DATA) $(STORE) $(RUN) $(REPORT) .pytest_cache fortran_bridge/build training/mskf_columns/build \
+	  emulator/build emulator/_kf_updraft*.so

@@ -8,8 +8,9 @@
   (W0AVG update, input checks, features, trigger, recurrent core on triggered columns,
   constraints) over every column of the oracle files, one 64 x 64 tile per file, one thread;
   in us per column of the fastest of several calls per file (all of it, inside ONNX Runtime,
-  and the runtime's own work outside it; also the median call) and as a multiple of WRF's
-  MSKF (about 30 us per column on this machine type, single thread, over the same files);
+  in MSKF's updraft kernel, and the runtime's other work; also the median call) and as a
+  multiple of WRF's MSKF (about 30 us per column on this machine type, single thread, over
+  the same files);
 * ``mskf_call``: where the mskf_columns program is built (``make mskf-columns``), WRF's own
   MSKF_CPS on the same tiles (every column evaluated), timed in the same rounds as the runtime
   calls, file by file in turn, so that the ratio ``x_mskf_measured`` compares calls made under
@@ -108,13 +109,25 @@ class RuntimeCall:
             return result
 
         self.rt._run = timed_run
+        # Time in MSKF's updraft kernel (models with updraft features), likewise.
+        from emulator import updraft
+
+        channels, self.kernel = updraft.with_channels, 0.0
+
+        def timed_channels(inputs):
+            start = time.perf_counter()
+            result = channels(inputs)
+            self.kernel += time.perf_counter() - start
+            return result
+
+        updraft.with_channels = timed_channels
         self.tiles = []
         for frame in frames:
             nz, ny, nx = frame.sizes["bottom_top"], frame.sizes["south_north"], frame.sizes["west_east"]
             bounds = (1, nx + 1, 1, ny + 1, 1, nz + 1, 1, nx, 1, ny, 1, nz + 1, 1, nx, 1, ny, 1, nz)
             self.tiles.append((wrf_arrays(frame, self.rt, "single_call"), bounds, frame.attrs["DT"],
                                frame.attrs["DX"], nx * ny))
-        self.best = [None] * len(frames)  # (seconds, seconds inside ONNX Runtime)
+        self.best = [None] * len(frames)  # (seconds, inside ONNX Runtime, in the kernel)
         self.all = [[] for _ in frames]
         self.counts = [None] * len(frames)
 
@@ -122,16 +135,16 @@ class RuntimeCall:
         base, bounds, dt, dx, _ = self.tiles[i]
         for _ in range(calls):
             arrays = {k: v.copy(order="F") for k, v in base.items()}  # fresh NCA = -100 state
-            self.inside = 0.0
+            self.inside = self.kernel = 0.0
             start = time.perf_counter()
             self.counts[i] = self.rt.run_tile(arrays, bounds, dt, dx, 0.0, 1)
-            elapsed = (time.perf_counter() - start, self.inside)
+            elapsed = (time.perf_counter() - start, self.inside, self.kernel)
             self.all[i].append(elapsed[0])
             self.best[i] = min(self.best[i] or elapsed, elapsed)
 
     def result(self) -> dict:
         columns = sum(t[-1] for t in self.tiles)
-        total, inside = (sum(b[k] for b in self.best) for k in (0, 1))
+        total, inside, kernel = (sum(b[k] for b in self.best) for k in (0, 1, 2))
         counts = {k: sum(c[k] for c in self.counts) for k in ("triggered", "evaluated")}
         us = total / columns * 1e6
         return {"bench": "runtime_call", "model": self.model, "files": len(self.tiles), "columns": columns,
@@ -139,7 +152,8 @@ class RuntimeCall:
                 "us_per_column": us, "x_mskf": us / MSKF_US_PER_COLUMN,
                 "median_us_per_column": sum(np.median(a) for a in self.all) / columns * 1e6,
                 "onnxruntime_us_per_column": inside / columns * 1e6,
-                "other_us_per_column": (total - inside) / columns * 1e6,
+                "updraft_kernel_us_per_column": kernel / columns * 1e6,
+                "other_us_per_column": (total - inside - kernel) / columns * 1e6,
                 "mskf_reference_us_per_column": MSKF_US_PER_COLUMN}
 
 

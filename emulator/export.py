@@ -15,7 +15,11 @@ The model's metadata (``metadata_props``) carries, as JSON strings:
 * ``mlcu.provenance``: training store, run folder, model settings, epochs, validation scores,
   versions, export time, parity errors;
 * ``mlcu.trigger_stage``: ``separate`` when TRIGGER depends only on the cheap trigger network
-  (the runtime then runs the recurrent core only on columns that convect), else ``joint``.
+  (the runtime then runs the recurrent core only on columns that convect), ``updraft`` when it
+  is the updraft kernel's decision (the runtime runs the network only where the kernel finds
+  a cloud), else ``joint``;
+* ``mlcu.updraft``: for a model with MSKF's updraft as input (the graph input UPDRAFT, which
+  the runtime computes with ``emulator.updraft``), the channel layout it was trained with.
 
 After the export, PyTorch and ONNX Runtime are compared on held-out columns (the validation
 split of the training store): the maximum absolute error per output, and the relative error
@@ -36,6 +40,7 @@ import numpy as np
 import onnx
 import torch
 
+from emulator import updraft as kf
 from emulator.model import CumulusLSTM
 from emulator.runtime import FEATURES_OUTPUT, MODEL_FORMAT, MODEL_FORMAT_VERSION
 OPSET = 17
@@ -60,7 +65,7 @@ class PhysicalModel(torch.nn.Module):
     def __init__(self, model: CumulusLSTM, with_features: bool = False):
         super().__init__()
         self.model = model
-        self.inputs = model.contract.input_names
+        self.inputs = model.contract.input_names + model.extra_inputs
         self.outputs = model.contract.output_names
         self.with_features = with_features
 
@@ -113,7 +118,8 @@ def parity(onnx_bytes: bytes, model: CumulusLSTM, inputs: dict) -> dict:
             errors[name] = {"max_abs": float("inf"), "max_rel": float("inf")}
             continue
         diff = np.abs(value - ref).max(initial=0.0)
-        scale = float(np.abs(ref).max(initial=0.0))
+        # (The trigger is a probability: its errors are absolute.)
+        scale = 1.0 if name == model.trigger else float(np.abs(ref).max(initial=0.0))
         errors[name] = {"max_abs": float(diff),
                         "max_rel": float(diff / scale) if scale > 0 else float(diff > 0)}
     return errors
@@ -146,6 +152,7 @@ def to_onnx(model: CumulusLSTM) -> bytes:
     n = model.contract.n_levels
     example = tuple(torch.ones(2, v.size(n)) if v.level in ("mass", "w") else torch.ones(2)
                     for v in model.contract.inputs)
+    example += tuple(torch.zeros(2, kf.CHANNELS, n) for _ in model.extra_inputs)
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"mlcu-export-{os.getpid()}.onnx"
     try:
         with warnings.catch_warnings():
@@ -171,7 +178,10 @@ def export(run_dir, out, store=None, weights: str = "best.pt",
         raise ExportError(f"the training store of {run_dir} ({store}) is not there; give --store "
                           "to check the exported model on held-out columns")
     graph = onnx.load_from_string(to_onnx(model))
-    errors = parity(graph.SerializeToString(), model, heldout_columns(store, model.contract))
+    columns = heldout_columns(store, model.contract)
+    if model.extra_inputs:
+        columns = kf.with_channels(columns)
+    errors = parity(graph.SerializeToString(), model, columns)
     failed = {k: v for k, v in errors.items()
               if not v["max_rel"] <= (LEVEL_PARITY_TOLERANCE if k in model.level_targets else tolerance)}
     if failed:
@@ -181,7 +191,10 @@ def export(run_dir, out, store=None, weights: str = "best.pt",
     meta = {"mlcu.format": MODEL_FORMAT, "mlcu.format_version": str(MODEL_FORMAT_VERSION),
             "mlcu.contract": model.contract.to_json(), "mlcu.stats": json.dumps(spec["stats"]),
             "mlcu.provenance": json.dumps(provenance),
-            "mlcu.trigger_stage": "separate" if model.separate_trigger else "joint"}
+            "mlcu.trigger_stage": ("updraft" if model.cfg.updraft_trigger else
+                                   "separate" if model.separate_trigger else "joint")}
+    if model.cfg.updraft_features:
+        meta["mlcu.updraft"] = kf.layout()
     onnx.helper.set_model_props(graph, meta)
     graph.producer_name, graph.doc_string = "mlcu", "Machine-learned cumulus scheme for WRF (MSKF emulator)"
     onnx.checker.check_model(graph)

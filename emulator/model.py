@@ -40,11 +40,13 @@ import torch
 from torch import nn
 
 from emulator import constants as c
+from emulator import updraft as kf
 from emulator.contract import Contract
 from emulator.features import ColumnFeatures
 
 
 LOG_REFERENCE = 1800.0  # s, a typical convective time scale
+TRIGGER_LOGIT = 20.0  # a decided trigger: probability 1 - 2e-9
 ZSCORE_FLOOR = 0.1
 
 
@@ -60,6 +62,12 @@ class ModelConfig:
     # MSKF's trigger test on each candidate source layer as input channels
     # (features.source_layer_trigger).
     trigger_features: bool = False
+    # MSKF's trigger and updraft (emulator.updraft) as input channels; the exported model
+    # takes them as the input UPDRAFT.
+    updraft_features: bool = False
+    # TRIGGER is the updraft kernel's decision (a deep or shallow cloud), not learned: MSKF's
+    # own trigger, so the runtime runs the network only where the kernel finds a cloud.
+    updraft_trigger: bool = False
     column_hidden: int = 64
     # 0: the trigger comes from the Bi-LSTM's column head. > 0: from a separate MLP with this
     # many hidden units over the column's features, so that the runtime decides the trigger
@@ -135,16 +143,19 @@ class CumulusLSTM(nn.Module):
         self.core_steps = -(-self.n_core // self.stride)  # the last may reach past the core
 
         self.features = ColumnFeatures(contract, stats, cfg.input_normalisation, cfg.derived_features,
-                                       cfg.trigger_features)
+                                       cfg.trigger_features, cfg.updraft_features)
         self.project = nn.Linear(self.features.channels * self.stride, cfg.hidden)
         self.lstm = nn.LSTM(cfg.hidden, cfg.hidden, num_layers=cfg.layers,
                             bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.level_head = nn.Linear(2 * cfg.hidden,
                                     (len(self.level_outputs) + len(self.level_targets)) * self.stride)
-        self.separate_trigger = cfg.trigger_hidden > 0
+        if cfg.updraft_trigger and not cfg.updraft_features:
+            raise ValueError("model.updraft_trigger needs model.updraft_features")
+        self.separate_trigger = cfg.trigger_hidden > 0 and not cfg.updraft_trigger
+        learned_trigger = not (self.separate_trigger or cfg.updraft_trigger)
         self.column_head = nn.Sequential(
             nn.Linear(4 * cfg.hidden, cfg.column_hidden), nn.GELU(),
-            nn.Linear(cfg.column_hidden, len(self.column_outputs) + (0 if self.separate_trigger else 1)))
+            nn.Linear(cfg.column_hidden, len(self.column_outputs) + int(learned_trigger)))
         if self.separate_trigger:
             self.trigger_net = nn.Sequential(
                 nn.Linear(contract.n_levels * self.features.channels, cfg.trigger_hidden), nn.GELU(),
@@ -156,6 +167,11 @@ class CumulusLSTM(nn.Module):
             shift, scale = zip(*(level_zscores(stats, n) for n in self.level_outputs))
             self.register_buffer("target_level_shift", torch.stack(shift))
             self.register_buffer("target_level_scale", torch.stack(scale))
+
+    @property
+    def extra_inputs(self) -> list:
+        """Model inputs besides the contract's (computed from them outside the graph)."""
+        return [kf.INPUT] if self.cfg.updraft_features else []
 
     def forward(self, inputs: dict) -> dict:
         """Normalised outputs: the trigger logit, every regressed target divided by its scale
@@ -185,7 +201,11 @@ class CumulusLSTM(nn.Module):
         # axis slowly.)
         pooled = torch.cat([h.mean(dim=0), functools.reduce(torch.maximum, h.unbind(0))], dim=-1)
         column = self.column_head(pooled)
-        if self.separate_trigger:
+        if self.cfg.updraft_trigger:  # the kernel's flags, as saturated logits
+            first = self.features.channels - kf.CHANNELS
+            flags = x[:, first + kf.DEEP, 0] + x[:, first + kf.SHALLOW, 0]
+            out = {self.trigger: (2.0 * flags - 1.0) * TRIGGER_LOGIT}
+        elif self.separate_trigger:
             out = {self.trigger: self.trigger_net(x.flatten(1))[:, 0]}
         else:
             out, column = {self.trigger: column[:, 0]}, column[:, 1:]

@@ -12,7 +12,8 @@ memory bounds (halos included), and fills the outputs of the tile's columns in p
 2. Columns with NCA >= DT/2 are held: nothing of theirs is read, computed or written.
 3. Every other column is evaluated: its outputs are reset as MSKF resets them (zero
    tendencies, rain and clouds; CUTOP = KTS, CUBOT = KTE + 1; NCA left as it is), its inputs
-   are checked (non-finite values, out-of-distribution columns) and the model runs on it.
+   are checked (non-finite values, out-of-distribution columns) and the model runs on it
+   (after MSKF's updraft, ``emulator.updraft``, for models that take it as input).
 4. Columns whose trigger probability is below the threshold keep the reset outputs. For the
    others, the physical constraints (``constrain``) are applied before writing.
 
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from emulator import constants as c
+from emulator import updraft as kf
 from emulator.contract import Contract, ContractError
 from emulator.derive import height_above_ground_from_thickness
 
@@ -172,6 +174,13 @@ class Runtime:
         self.scalars = [v.name for v in self.contract.inputs if v.level == "scalar"]
         self.derived = {v.name: COLUMN_RECIPES[v.recipe] for v in self.contract.inputs
                         if v.recipe in COLUMN_RECIPES}
+        graph_inputs = {i.name for session in (self.session, self.trigger_session) if session
+                        for i in session.get_inputs()}
+        self.updraft = kf.INPUT in graph_inputs
+        self.updraft_trigger = meta.get("mlcu.trigger_stage") == "updraft"
+        if self.updraft and meta.get("mlcu.updraft") != kf.layout():
+            raise EmulatorError(f"{path}: the model's updraft channels ({meta.get('mlcu.updraft')}) "
+                                f"are not this runtime's ({kf.layout()})")
         self._ood_bounds()
 
     @classmethod
@@ -229,6 +238,8 @@ class Runtime:
     def predict_columns(self, inputs: dict) -> dict:
         """Raw model outputs (physical units, TRIGGER a probability) of columns given as
         {contract input: (column, values) or (column,)}; no gating, no constraints."""
+        if self.updraft:
+            inputs = kf.with_channels(inputs)
         if self.trigger_session is None:
             out = self._run(self.session, inputs)
         else:
@@ -301,8 +312,14 @@ class Runtime:
         if not keep.any():
             return counts
         run = inputs if keep.all() else {k: v[keep] for k, v in inputs.items()}
+        if self.updraft:
+            run = kf.with_channels(run)
         if self.trigger_session is not None:  # the recurrent core only where it convects
             fires, out = self._two_stages(run)
+        elif self.updraft_trigger:  # the network only where the updraft kernel finds a cloud
+            fires = kf.convects(run[kf.INPUT])
+            needed = [i.name for i in self.session.get_inputs()]
+            out = self._run(self.session, {k: run[k][fires] for k in needed}) if fires.any() else {}
         else:
             out = self._run(self.session, run)
             fires = out[self.trigger] >= self.options.trigger_threshold

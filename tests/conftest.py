@@ -79,3 +79,10 @@ def onnx_model(synthetic_store, tmp_path_factory):
 def onnx_model_two_stage(synthetic_store, tmp_path_factory):
     """The same with a separate trigger network (the runtime's two-stage path)."""
     return _tiny_onnx(synthetic_store, tmp_path_factory, "model.trigger_hidden=8")
+
+
+@pytest.fixture(scope="session")
+def onnx_model_updraft(synthetic_store, tmp_path_factory):
+    """The same with MSKF's updraft as input and as the trigger (the runtime's updraft path)."""
+    return _tiny_onnx(synthetic_store, tmp_path_factory, "model.updraft_features=true",
+                      "model.updraft_trigger=true", "model.trigger_hidden=0")

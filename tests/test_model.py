@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from emulator import updraft as kf
 from emulator.contract import default_contract
 from emulator.features import source_layer_trigger
 from emulator.model import CumulusLSTM, ModelConfig, advective_time, flops_per_column
@@ -136,7 +137,7 @@ def test_inconsistent_physics_settings_are_refused(synthetic_store):
     store = Store(synthetic_store)
     stats = json.loads(store.path("stats.json").read_text())
     contract = default_contract().with_levels(store.contract().n_levels)
-    for bad in (dict(advective_nca=True), dict(core_top_margin=2),
+    for bad in (dict(advective_nca=True), dict(core_top_margin=2), dict(updraft_trigger=True),
                 dict(level_targets=["PRATEC", "RTHCUTEN"]), dict(log_targets=["CUBOT"], level_targets=["CUBOT"])):
         with pytest.raises(ValueError):
             CumulusLSTM(contract, stats, ModelConfig(**bad))
@@ -174,3 +175,32 @@ def test_wind_rotation_keeps_speeds_and_turns_tendencies_with_the_wind(batch_and
     assert torch.equal(turned["T_PHY"], batch["T_PHY"])
     # The hold time depends on wind speeds only.
     torch.testing.assert_close(advective_time(turned, batch["CUBOT"]), advective_time(batch, batch["CUBOT"]))
+
+
+def test_updraft_channels_feed_the_network_and_decide_the_trigger(oracle_files, synthetic_store):
+    """With updraft features the network sees the kernel's channels (computed when not given,
+    taken as given otherwise); with the updraft trigger, TRIGGER is the kernel's decision."""
+    store = Store(synthetic_store)
+    stats = json.loads(store.path("stats.json").read_text())
+    columns, kind, _ = _oracle_columns([p for p in oracle_files if p.name.endswith("09km_01.nc")][0])
+    columns = {k: v[:512] for k, v in columns.items()}
+    kind = kind[:512]
+    contract = default_contract().with_levels(store.contract().n_levels)
+    cfg = ModelConfig(hidden=8, layers=1, column_hidden=8, updraft_features=True, updraft_trigger=True)
+    torch.manual_seed(0)
+    model = CumulusLSTM(contract, stats, cfg).eval()
+    plain = CumulusLSTM(contract, stats, dataclasses.replace(cfg, updraft_features=False,
+                                                             updraft_trigger=False))
+    assert model.features.channels == plain.features.channels + kf.CHANNELS
+    assert model.extra_inputs == [kf.INPUT] and plain.extra_inputs == []
+    given = kf.with_channels(columns)
+    with torch.no_grad():
+        out = model(columns)
+        np.testing.assert_array_equal(out["RTHCUTEN"].numpy(), model(given)["RTHCUTEN"].numpy())
+        # The kernel's channels are what the network reads: zeroing them changes the outputs.
+        blind = model(given | {kf.INPUT: torch.zeros_like(given[kf.INPUT])})
+    assert not np.allclose(blind["RTHCUTEN"].numpy(), out["RTHCUTEN"].numpy())
+    fires = torch.sigmoid(out[model.trigger]).numpy() > 0.5
+    np.testing.assert_array_equal(fires, kf.convects(given[kf.INPUT].numpy()))
+    assert (fires == (kind > 0)).mean() > 0.995
+    assert not any(p.requires_grad and "trigger" in n for n, p in model.named_parameters())

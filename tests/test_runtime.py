@@ -12,6 +12,7 @@ import onnx
 import pytest
 import xarray as xr
 
+from emulator import updraft as kf
 from emulator.export import ExportError, export
 from emulator.runtime import FEATURES_OUTPUT, EmulatorError, Runtime, constrain
 from training.replay import wrf_arrays
@@ -55,6 +56,24 @@ def inner(a):
     return a[HALO:-HALO, ..., HALO:-HALO]
 
 
+def tile_columns(rt, arrays, frame) -> dict:
+    """The 120 tile columns of ``arrays`` (as before a call) as the model takes them, W0AVG
+    updated as the call updates it."""
+    cols = {}
+    for name in rt.required_arrays:
+        a = inner(arrays[name])
+        cols[name] = a.T.ravel() if a.ndim == 2 else a.transpose(2, 0, 1).reshape(120, 45)
+        if name != "W" and a.ndim == 3:
+            cols[name] = cols[name][:, :44]
+    w = cols["W"]
+    cols["W0AVG"] = ((cols["W0AVG"] * np.float32(1) + np.float32(0.5) * (w[:, :-1] + w[:, 1:]))
+                     / np.float32(2))
+    cols["Z_AGL"] = np.cumsum(cols["DZ8W"], axis=1) - 0.5 * cols["DZ8W"]
+    cols["DX"] = np.full(120, frame.attrs["DX"], np.float32)
+    cols["DT"] = np.full(120, frame.attrs["DT"], np.float32)
+    return cols
+
+
 def run(rt, arrays, bounds, frame, cudt=0.0, stepcu=1):
     return rt.run_tile(arrays, bounds, frame.attrs["DT"], frame.attrs["DX"], cudt, stepcu)
 
@@ -64,7 +83,9 @@ def test_export_metadata_parity_and_dynamic_batch(onnx_model):
     meta = {p.key: p.value for p in proto.metadata_props}
     contract = json.loads(meta["mlcu.contract"])
     assert contract["n_levels"] == 44
-    assert [i.name for i in proto.graph.input] == [v["name"] for v in contract["inputs"]]
+    # The contract's inputs, then MSKF's updraft computed from them (the default model's).
+    assert [i.name for i in proto.graph.input] == [v["name"] for v in contract["inputs"]] + [kf.INPUT]
+    assert meta["mlcu.updraft"] == kf.layout()
     assert [o.name for o in proto.graph.output] == [v["name"] for v in contract["outputs"]]
     stats = json.loads(meta["mlcu.stats"])
     assert len(stats["inputs"]["T_PHY"]["min"]) == 44
@@ -120,18 +141,7 @@ def test_tile_matches_the_model_on_columns_and_leaves_halos_alone(onnx_model, on
             outside[:, 44:, :] = True
         assert np.array_equal(a[outside], before[name][outside]), name
     # The same columns through the model directly, then the constraints.
-    cols = {}
-    for name in rt.required_arrays:
-        a = inner(before[name])
-        cols[name] = a.T.ravel() if a.ndim == 2 else a.transpose(2, 0, 1).reshape(120, 45)
-        if name != "W" and a.ndim == 3:
-            cols[name] = cols[name][:, :44]
-    w = cols["W"]
-    cols["W0AVG"] = ((cols["W0AVG"] * np.float32(1) + np.float32(0.5) * (w[:, :-1] + w[:, 1:]))
-                     / np.float32(2))
-    cols["Z_AGL"] = np.cumsum(cols["DZ8W"], axis=1) - 0.5 * cols["DZ8W"]
-    cols["DX"] = np.full(120, frame.attrs["DX"], np.float32)
-    cols["DT"] = np.full(120, frame.attrs["DT"], np.float32)
+    cols = tile_columns(rt, before, frame)
     expected, _ = constrain(rt.predict_columns(cols), cols, frame.attrs["DT"], 0.0, 44)
     got = inner(arrays["RTHCUTEN"])[:, :44, :].transpose(2, 0, 1).reshape(120, 44)
     np.testing.assert_allclose(got, expected["RTHCUTEN"], rtol=1e-5, atol=1e-12)
@@ -144,10 +154,38 @@ def test_tile_matches_the_model_on_columns_and_leaves_halos_alone(onnx_model, on
         whole = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         names = rt.contract.output_names
         feed = {k: np.ascontiguousarray(cols[k], np.float32) for k in rt.contract.input_names}
+        if rt.updraft:
+            feed[kf.INPUT] = kf.channels(cols)
         reference = dict(zip(names, whole.run(names, feed)))
         staged = rt.predict_columns(cols)
         for name in names:
             np.testing.assert_allclose(staged[name], reference[name], rtol=1e-6, atol=1e-12, err_msg=name)
+
+
+def test_updraft_trigger_runs_the_network_where_the_kernel_finds_a_cloud(onnx_model_updraft, frame):
+    rt = runtime(onnx_model_updraft, trigger_threshold=0.0)  # the threshold plays no part
+    assert rt.updraft and rt.updraft_trigger and rt.trigger_session is None
+    meta = {p.key: p.value for p in onnx.load(str(onnx_model_updraft)).metadata_props}
+    assert meta["mlcu.trigger_stage"] == "updraft" and meta["mlcu.updraft"] == kf.layout()
+    arrays, bounds = tile_arrays(rt, frame)
+    cols = tile_columns(rt, {k: v.copy() for k, v in arrays.items()}, frame)
+    counts = run(rt, arrays, bounds, frame)
+    fires = kf.convects(kf.channels(cols))
+    assert 0 < counts["triggered"] == fires.sum() < 120
+    assert (inner(arrays["CUBOT"]).T.ravel()[~fires] == 45).all()  # reset: CUBOT = KTE + 1
+    tendency = inner(arrays["RTHCUTEN"])[:, :44, :].transpose(2, 0, 1).reshape(120, 44)
+    assert not tendency[~fires].any() and tendency[fires].any(axis=1).all()
+    expected, _ = constrain(rt.predict_columns(cols), cols, frame.attrs["DT"], 0.0, 44)
+    np.testing.assert_allclose(tendency[fires], expected["RTHCUTEN"][fires], rtol=1e-5, atol=1e-12)
+    # A model made with another channel layout is refused.
+    bad = onnx.load(str(onnx_model_updraft))
+    for prop in bad.metadata_props:
+        if prop.key == "mlcu.updraft":
+            prop.value = prop.value.replace("mass_flux", "mass flux")
+    path = Path(str(onnx_model_updraft) + ".other.onnx")
+    onnx.save(bad, str(path))
+    with pytest.raises(EmulatorError, match="updraft channels"):
+        runtime(path)
 
 
 def test_w0avg_update_every_column_and_hold(onnx_model, frame):
