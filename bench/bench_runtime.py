@@ -114,9 +114,9 @@ class RuntimeCall:
 
         channels, self.kernel = updraft.with_channels, 0.0
 
-        def timed_channels(inputs):
+        def timed_channels(inputs, downdraft=False):
             start = time.perf_counter()
-            result = channels(inputs)
+            result = channels(inputs, downdraft)
             self.kernel += time.perf_counter() - start
             return result
 

@@ -15,9 +15,10 @@ The network sees the column as a sequence of mass levels. Each level gets:
 * with ``trigger`` features on, MSKF's own trigger test on each candidate updraft source layer
   (``source_layer_trigger``): where a parcel from that layer would pass it, at which level
   the first that passes has its LCL (MSKF's cloud base, CUBOT), and that parcel's buoyancy;
-* with ``updraft`` features on, MSKF's whole trigger and updraft (``emulator.updraft``, a
-  compiled kernel outside the graph): the exported model takes them as one more input,
-  UPDRAFT, which the runtime computes; in PyTorch they are computed when not given.
+* with ``updraft`` features on, MSKF's whole trigger and updraft, and with ``downdraft`` its
+  downdraft too (``emulator.updraft``, a compiled kernel outside the graph): the exported
+  model takes them as one more input, UPDRAFT, which the runtime computes; in PyTorch they
+  are computed when not given.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class ColumnFeatures(nn.Module):
     """{input name: (batch, size) tensor in physical units} -> (batch, channels, levels)."""
 
     def __init__(self, contract: Contract, stats: dict, normalisation: str = "zscore",
-                 derived: bool = True, trigger: bool = False, updraft: bool = False):
+                 derived: bool = True, trigger: bool = False, updraft: bool = False,
+                 downdraft: bool = False):
         super().__init__()
         if normalisation not in ("zscore", "absmax"):
             raise ValueError(f"input normalisation must be zscore or absmax, got {normalisation!r}")
@@ -59,6 +61,7 @@ class ColumnFeatures(nn.Module):
         self.derived = derived
         self.trigger = trigger
         self.updraft = updraft
+        self.downdraft = downdraft
         # Levels that can be within 300 hPa of the lowest one in the training data.
         p_max, p_min = _stat(stats, "P_HYD", "max"), _stat(stats, "P_HYD", "min")
         self.source_levels = int((p_max >= p_min[0] - SOURCE_SEARCH_PA).sum()) + 1
@@ -76,7 +79,7 @@ class ColumnFeatures(nn.Module):
     @property
     def channels(self) -> int:
         return (len(self.names) + (N_DERIVED if self.derived else 0) + (N_TRIGGER if self.trigger else 0)
-                + (kf.CHANNELS if self.updraft else 0))
+                + (kf.n_channels(self.downdraft) if self.updraft else 0))
 
     def forward(self, inputs: dict) -> torch.Tensor:
         """(batch, channels, levels): channel-major, so that stacking copies whole rows."""
@@ -104,7 +107,7 @@ class ColumnFeatures(nn.Module):
             extra += source_layer_trigger(inputs, self.source_levels)
         parts = [x] + ([torch.stack(extra, dim=1)] if extra else [])
         if self.updraft:
-            parts.append(inputs[kf.INPUT] if kf.INPUT in inputs else updraft_channels(inputs))
+            parts.append(inputs[kf.INPUT] if kf.INPUT in inputs else updraft_channels(inputs, self.downdraft))
         return torch.cat(parts, dim=1) if len(parts) > 1 else x
 
     def _physics(self, inputs: dict) -> list:
@@ -215,10 +218,10 @@ def source_layer_trigger(inputs: dict, bases: int) -> list:
     return [test, cloud_base, lcls, buoyancy]
 
 
-def updraft_channels(inputs: dict) -> torch.Tensor:
+def updraft_channels(inputs: dict, downdraft: bool = False) -> torch.Tensor:
     """The UPDRAFT channels of columns given as tensors (computed on the CPU, no gradient)."""
     arrays = {k: inputs[k].detach().cpu().numpy() for k in kf.LEVEL_INPUTS + kf.SURFACE_INPUTS}
-    return torch.from_numpy(kf.channels(arrays)).to(inputs["T_PHY"].device)
+    return torch.from_numpy(kf.channels(arrays, downdraft)).to(inputs["T_PHY"].device)
 
 
 def _count(condition: torch.Tensor) -> torch.Tensor:

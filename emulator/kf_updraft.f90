@@ -1,4 +1,5 @@
-! MSKF's trigger and entraining updraft, recomputed for a batch of columns as model features.
+! MSKF's trigger, entraining updraft and downdraft, recomputed for a batch of columns as model
+! features.
 !
 ! The multi-scale Kain-Fritsch scheme (WRF cu_physics = 11) decides whether, from where, how
 ! high and how strongly a column convects by lifting parcels from candidate source layers
@@ -21,9 +22,11 @@
 !     the top;
 !   * the convective time scale from the cloud depth, the sub-cloud velocity scale and the
 !     dilute buoyant energy (never shorter than the advective time DX / VCONV), and the
-!     precipitation efficiency from shear and cloud-base height.
-! The closure (how much of the buoyant energy is removed) and the downdraft are left to the
-! network.
+!     precipitation efficiency from shear and cloud-base height;
+!   * the downdraft of a deep cloud: its source, entrainment, moist descent, detrainment
+!     below the source layer and the evaporation that limits it.
+! The closure (how much of the buoyant energy is removed) and the tendencies it gives are left
+! to the network.
 !
 ! Single precision and the scheme's own lookup-table construction, so that marginal decisions
 ! fall the way they fall in WRF. Arrays are (level, column), levels bottom-up.
@@ -33,7 +36,7 @@ module kf_updraft
   public :: updraft_column, build_tables, N_LEVEL_FIELDS, N_COLUMN_FIELDS
 
   ! Output layout (emulator/updraft.py names them).
-  integer, parameter :: N_LEVEL_FIELDS = 8, N_COLUMN_FIELDS = 14
+  integer, parameter :: N_LEVEL_FIELDS = 11, N_COLUMN_FIELDS = 18
 
   ! WRF's constants as the scheme receives them
   real, parameter :: g = 9.81, rd = 287.0, cp = 1004.5, xlv0 = 3.15e6, xlv1 = 2370.
@@ -134,17 +137,8 @@ contains
     real, intent(in) :: p, thes
     real, intent(inout) :: tu, qu, qliq, qice
     real, intent(out) :: qnew
-    real :: x, wp, y, wt, base, temp, qs, dq, qtot, latent, cpm
-    integer :: ip, it
-    x = (p - p_top_table) * per_pressure_step
-    ip = min(max(int(x) + 1, 1), npr - 1)
-    wp = x - aint(x)
-    base = theta_e_base(ip) + (theta_e_base(ip + 1) - theta_e_base(ip)) * wp
-    y = thes - base
-    it = min(max(int(y) + 1, 1), nth - 1)
-    wt = y - aint(y)
-    temp = bilinear(t_table)
-    qs = bilinear(qs_table)
+    real :: temp, qs, dq, qtot, latent, cpm
+    call saturated_state(p, thes, temp, qs)
     dq = qs - qu
     if (dq <= 0.) then
       qnew = qu - qs
@@ -170,6 +164,24 @@ contains
       end if
     end if
     tu = temp
+  end subroutine
+
+  ! Temperature and saturation mixing ratio of saturated air of theta_e thes at pressure p,
+  ! interpolated in the tables.
+  subroutine saturated_state(p, thes, temp, qs)
+    real, intent(in) :: p, thes
+    real, intent(out) :: temp, qs
+    real :: x, wp, y, wt, base
+    integer :: ip, it
+    x = (p - p_top_table) * per_pressure_step
+    ip = min(max(int(x) + 1, 1), npr - 1)
+    wp = x - aint(x)
+    base = theta_e_base(ip) + (theta_e_base(ip + 1) - theta_e_base(ip)) * wp
+    y = thes - base
+    it = min(max(int(y) + 1, 1), nth - 1)
+    wt = y - aint(y)
+    temp = bilinear(t_table)
+    qs = bilinear(qs_table)
   contains
     real function bilinear(table)
       real, intent(in) :: table(nth, npr)
@@ -269,6 +281,141 @@ contains
     mixture_tv = t * (1. + 0.608 * q - ql - qi)
   end function
 
+  ! MSKF's downdraft of a deep cloud, before the closure: it starts at the level of free sink
+  ! (LFS, 150 hPa above the source layer's top, below the equilibrium level) with a mass flux
+  ! of (1 - precipitation efficiency) times the updraft's initial one, entrains on its way
+  ! down to the source layer's top, is cooled by melting snow, then descends moist-
+  ! adiabatically, sub-saturated by 20 % per km, to where it is warmer than the environment
+  ! (LDB), detraining below the source layer. Its mass flux is scaled so that it evaporates no
+  ! more than the updraft precipitates (Kain 2004 eq. 11); evaporation under 1 kg/s means no
+  ! downdraft. Shallow clouds have none. Outputs dmf, der, ddr (kg/s, dmf and der <= 0), the
+  ! source and base levels and the evaporation tder (kg/s).
+  subroutine downdraft(nz, kind, t, p, q0, qes, tv0, dp, z0, kpbl, klcl, ltop, let, lc, umf, &
+                       ppt_ice, peff, au0, trppt, dmf, der, ddr, lfs, ldb, tder)
+    integer, intent(in) :: nz, kind, kpbl, klcl, ltop, let, lc
+    real, intent(in), dimension(nz) :: t, p, q0, qes, tv0, dp, z0, umf, ppt_ice
+    real, intent(in) :: peff, au0, trppt
+    real, intent(out), dimension(nz) :: dmf, der, ddr
+    integer, intent(out) :: lfs, ldb
+    real, intent(out) :: tder
+    real, dimension(nz) :: theted, qd, qsd
+    integer :: kstart, nk, nd, ldt, melting_level
+    real :: tz, qss, rhbar, dptt, dmffrc, dpdd, melt, es, rhh, desdt, latent, dtmp, t1rh, qsrh, &
+            tvd, ddinc
+
+    dmf = 0.
+    der = 0.
+    ddr = 0.
+    tder = 0.
+    lfs = 1
+    ldb = 1
+    if (kind /= 2) return
+    kstart = kpbl + 1
+    lfs = let - 1
+    do nk = kstart + 1, nz
+      if (p(kstart) - p(nk) > 150.e2) then
+        lfs = min(nk, let - 1)
+        exit
+      end if
+    end do
+    if (p(kstart) - p(lfs) <= 50.e2) return
+
+    theted(lfs) = environment_theta_e(p(lfs), t(lfs), q0(lfs))
+    qd(lfs) = q0(lfs)
+    call saturated_state(p(lfs), theted(lfs), tz, qss)
+    dmf(lfs) = -(1. - peff) * au0 * p(lfs) / (rd * tz * (1. + 0.608 * qss))
+    der(lfs) = dmf(lfs)
+    rhbar = q0(lfs) / qes(lfs) * dp(lfs)
+    dptt = dp(lfs)
+    do nd = lfs - 1, kstart, -1
+      der(nd) = der(lfs) * dp(nd) / dp(lfs)
+      dmf(nd) = dmf(nd + 1) + der(nd)
+      theted(nd) = (theted(nd + 1) * dmf(nd + 1) + environment_theta_e(p(nd), t(nd), q0(nd)) * der(nd)) / dmf(nd)
+      qd(nd) = (qd(nd + 1) * dmf(nd + 1) + q0(nd) * der(nd)) / dmf(nd)
+      dptt = dptt + dp(nd)
+      rhbar = rhbar + q0(nd) / qes(nd) * dp(nd)
+    end do
+    rhbar = rhbar / dptt
+    dmffrc = 2. * (1. - rhbar)
+
+    ! Melting of the updraft's snow cools the downdraft when the source layer is below the
+    ! highest level (up to the top) warmer than 0 C.
+    melting_level = 0
+    do nk = 1, ltop
+      if (t(nk) > t00) melting_level = nk
+    end do
+    melt = 0.
+    if (lc < melting_level) melt = 3.339e5 * sum(ppt_ice(klcl:ltop)) / (cp * umf(klcl))
+    call saturated_state(p(kstart), theted(kstart), tz, qss)
+    tz = tz - melt
+    es = aliq * exp((bliq * tz - cliq) / (tz - dliq))
+    qss = 0.622 * es / (p(kstart) - es)
+    theted(kstart) = tz * (1.e5 / p(kstart))**(0.2854 * (1. - 0.28 * qss)) &
+                     * exp((3374.6525 / tz - 2.5403) * qss * (1. + 0.81 * qss))
+
+    ldt = min(lfs - 1, kstart - 1)
+    dpdd = 0.
+    ldb = 1
+    do nd = ldt, 1, -1
+      dpdd = dpdd + dp(nd)
+      theted(nd) = theted(kstart)
+      qd(nd) = qd(kstart)
+      call saturated_state(p(nd), theted(nd), tz, qss)
+      qsd(nd) = qss
+      rhh = 1. - 0.2 / 1000. * (z0(kstart) - z0(nd))
+      if (rhh < 1.) then
+        desdt = (cliq - bliq * dliq) / ((tz - dliq) * (tz - dliq))
+        latent = xlv0 - xlv1 * tz
+        dtmp = latent * qss * (1. - rhh) / (cp + latent * rhh * qss * desdt)
+        t1rh = tz + dtmp
+        es = rhh * aliq * exp((bliq * t1rh - cliq) / (t1rh - dliq))
+        qsrh = 0.622 * es / (p(nd) - es)
+        if (qsrh < qd(nd)) then
+          qsrh = qd(nd)
+          t1rh = tz + (qss - qsrh) * latent / cp
+        end if
+        tz = t1rh
+        qsd(nd) = qsrh
+      end if
+      tvd = tz * (1. + 0.608 * qsd(nd))
+      if (tvd > tv0(nd) .or. nd == 1) then
+        ldb = nd
+        exit
+      end if
+    end do
+    if (p(ldb) - p(lfs) > 50.e2) then
+      do nd = ldt, ldb, -1
+        ddr(nd) = -dmf(kstart) * dp(nd) / dpdd
+        der(nd) = 0.
+        dmf(nd) = dmf(nd + 1) + ddr(nd)
+        tder = tder + (qsd(nd) - qd(nd)) * ddr(nd)
+      end do
+    end if
+
+    if (tder < 1.) then
+      dmf = 0.
+      der = 0.
+      ddr = 0.
+      tder = 0.
+      ldb = lfs
+      return
+    end if
+    ddinc = -dmffrc * umf(klcl) / dmf(kstart)
+    if (tder * ddinc > trppt) ddinc = trppt / tder
+    tder = tder * ddinc
+    dmf(ldb:lfs) = dmf(ldb:lfs) * ddinc
+    der(ldb:lfs) = der(ldb:lfs) * ddinc
+    ddr(ldb:lfs) = ddr(ldb:lfs) * ddinc
+    if (ldb > 1) then
+      dmf(:ldb - 1) = 0.
+      der(:ldb - 1) = 0.
+      ddr(:ldb - 1) = 0.
+    end if
+    dmf(lfs + 1:) = 0.
+    der(lfs + 1:) = 0.
+    ddr(lfs + 1:) = 0.
+  end subroutine
+
   ! One column. lev(:, f): mass flux, entrainment and detrainment per unit cloud-base mass
   ! flux, updraft virtual-temperature excess (K), condensate (kg/kg), precipitation
   ! production per unit cloud-base mass flux, vertical velocity (m/s), 1 in cloud (LCL to
@@ -282,17 +429,18 @@ contains
     real, intent(in) :: hfx, ust, pblh, zol, dx
     real, intent(out) :: lev(nz, N_LEVEL_FIELDS), col(N_COLUMN_FIELDS)
 
-    real, dimension(nz) :: q0, tv0, dp, z0, dza, cldhgt, tu, tvu, tvqu, qu, qliq, qice, theteu, &
-                           theta_e_env, umf, uer, udr, dilfrc, ppt, wu
+    real, dimension(nz) :: q0, qes, tv0, dp, z0, dza, cldhgt, tu, tvu, tvqu, qu, qliq, qice, theteu, &
+                           theta_e_env, umf, uer, udr, dilfrc, ppt, ppt_ice, wu, fallout_fraction, &
+                           ice_fallout_fraction, dmf, der, ddr
     integer :: base_levels(nz)
     integer :: k, nk, nk1, kk, n_bases, nu, nu_shallow, lc, kpbl, klcl, kb, ltop, let, l5, llfc
-    integer :: kind
-    real :: es, qes, scale, p_next, dpthmx, tmix, qmix, zmix, pmix, tlcl, tvlcl, zlcl, dlp, &
+    integer :: kind, lfs, ldb
+    real :: es, scale, p_next, dpthmx, tmix, qmix, zmix, pmix, tlcl, tvlcl, zlcl, dlp, &
             tenv, qenv, tven, wkl, dtlcl, wlcl, plcl, rholcl, rad, vmflcl, upold, upnew, wtw, &
             abe, ee1, ud1, ee2, ud2, rei, dilbe, qnewl, qnewi, qlout, qiout, frc, t_glaciation, &
             be, buoyancy_term, dzz, rate, tu95, tu10, eqfrc, chmin, rh_sum, esat, rh, dptt, &
             dumfdp, wspd_lcl, wspd_mid, wspd_top, vconv, tadvec, timec, wst, thetav, sclvel, &
-            frc2, vws, pef, cbh, rcbh, pefcbh
+            frc2, vws, pef, cbh, rcbh, pefcbh, peff, trppt, tder
     logical :: stop_rh
 
     lev = 0.
@@ -306,8 +454,8 @@ contains
     llfc = 1
     do k = 1, nz
       es = aliq * exp((bliq * t(k) - cliq) / (t(k) - dliq))
-      qes = 0.622 * es / (p(k) - es)
-      q0(k) = max(1.e-6, min(qes, qv(k)))
+      qes(k) = 0.622 * es / (p(k) - es)
+      q0(k) = max(1.e-6, min(qes(k), qv(k)))
       tv0(k) = t(k) * (1. + 0.608 * q0(k))
       dp(k) = rho(k) * g * dz(k)
       if (p(k) >= 0.5 * p(1)) l5 = k
@@ -405,6 +553,9 @@ contains
       uer = 0.
       udr = 0.
       ppt = 0.
+      fallout_fraction = 0.   ! condensate falling out over each layer, per unit mass flux
+      ice_fallout_fraction = 0.
+      ppt_ice = 0.
       wu = 0.
       tvqu = 0.
       qliq = 0.
@@ -530,7 +681,9 @@ contains
         qliq(nk1) = qliq(nk1) * upold / upnew
         qice(nk1) = qice(nk1) * upold / upnew
         ppt(nk1) = (qlout + qiout) * umf(nk)
-        lev(nk1, 8) = qlout + qiout   ! fallout per unit mass flux, kept for the taper below
+        ppt_ice(nk1) = qiout * umf(nk)
+        ice_fallout_fraction(nk1) = qiout
+        fallout_fraction(nk1) = qlout + qiout
         if (nk1 <= kpbl) uer(nk1) = uer(nk1) + vmflcl * dp(nk1) / dpthmx
       end do rising
 
@@ -574,7 +727,6 @@ contains
         kind = 1
         if (nu == nu_shallow) exit sources
       end if
-      lev(:, 8) = 0.
     end do sources
 
     ! Mass flux to zero between the equilibrium level and the top (shallow clouds: from the
@@ -597,7 +749,10 @@ contains
           uer(nk) = umf(nk) * (1. - 1. / dilfrc(nk))
           udr(nk) = umf(nk - 1) - umf(nk) + uer(nk)
         end if
-        if (nk >= let + 2) ppt(nk) = umf(nk - 1) * lev(nk, 8)
+        if (nk >= let + 2) then
+          ppt(nk) = umf(nk - 1) * fallout_fraction(nk)
+          ppt_ice(nk) = umf(nk - 1) * ice_fallout_fraction(nk)
+        end if
       end do
     end if
     ! Below the LCL: the source layer feeds the updraft.
@@ -614,11 +769,11 @@ contains
       end if
       udr(nk) = 0.
       ppt(nk) = 0.
+      ppt_ice(nk) = 0.
       qliq(nk) = 0.
       qice(nk) = 0.
     end do
 
-    lev(:, 8) = 0.
     lev(:, 1) = umf / vmflcl
     lev(:, 2) = uer / vmflcl
     lev(:, 3) = udr / vmflcl
@@ -659,9 +814,18 @@ contains
     end if
     if (cbh > 25.) rcbh = 2.4
     pefcbh = min(1. / (1. + rcbh), .9)
+    peff = 0.5 * (pef + pefcbh)
+
+    trppt = sum(ppt)
+    call downdraft(nz, kind, t, p, q0, qes, tv0, dp, z0, kpbl, klcl, ltop, let, lc, umf, ppt_ice, &
+                   peff, 0.01 * dx * dx, trppt, dmf, der, ddr, lfs, ldb, tder)
+    lev(:, 9) = dmf / vmflcl
+    lev(:, 10) = der / vmflcl
+    lev(:, 11) = ddr / vmflcl
 
     col = [real(kind), real(klcl), real(ltop), real(let), real(lc), zlcl, cldhgt(lc), chmin, &
-           abe, timec, tadvec, sclvel, 0.5 * (pef + pefcbh), dpthmx]
+           abe, timec, tadvec, sclvel, peff, dpthmx, real(lfs), real(ldb), trppt / vmflcl, &
+           tder / vmflcl]
   end subroutine
 
 end module kf_updraft

@@ -68,6 +68,8 @@ class ModelConfig:
     # TRIGGER is the updraft kernel's decision (a deep or shallow cloud), not learned: MSKF's
     # own trigger, so the runtime runs the network only where the kernel finds a cloud.
     updraft_trigger: bool = False
+    # MSKF's downdraft (emulator.updraft) as more input channels (needs updraft_features).
+    downdraft_features: bool = False
     column_hidden: int = 64
     # 0: the trigger comes from the Bi-LSTM's column head. > 0: from a separate MLP with this
     # many hidden units over the column's features, so that the runtime decides the trigger
@@ -143,14 +145,16 @@ class CumulusLSTM(nn.Module):
         self.core_steps = -(-self.n_core // self.stride)  # the last may reach past the core
 
         self.features = ColumnFeatures(contract, stats, cfg.input_normalisation, cfg.derived_features,
-                                       cfg.trigger_features, cfg.updraft_features)
+                                       cfg.trigger_features, cfg.updraft_features,
+                                       cfg.downdraft_features)
         self.project = nn.Linear(self.features.channels * self.stride, cfg.hidden)
         self.lstm = nn.LSTM(cfg.hidden, cfg.hidden, num_layers=cfg.layers,
                             bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.level_head = nn.Linear(2 * cfg.hidden,
                                     (len(self.level_outputs) + len(self.level_targets)) * self.stride)
-        if cfg.updraft_trigger and not cfg.updraft_features:
-            raise ValueError("model.updraft_trigger needs model.updraft_features")
+        for option in ("updraft_trigger", "downdraft_features"):
+            if getattr(cfg, option) and not cfg.updraft_features:
+                raise ValueError(f"model.{option} needs model.updraft_features")
         self.separate_trigger = cfg.trigger_hidden > 0 and not cfg.updraft_trigger
         learned_trigger = not (self.separate_trigger or cfg.updraft_trigger)
         self.column_head = nn.Sequential(
@@ -202,7 +206,7 @@ class CumulusLSTM(nn.Module):
         pooled = torch.cat([h.mean(dim=0), functools.reduce(torch.maximum, h.unbind(0))], dim=-1)
         column = self.column_head(pooled)
         if self.cfg.updraft_trigger:  # the kernel's flags, as saturated logits
-            first = self.features.channels - kf.CHANNELS
+            first = self.features.channels - kf.n_channels(self.cfg.downdraft_features)
             flags = x[:, first + kf.DEEP, 0] + x[:, first + kf.SHALLOW, 0]
             out = {self.trigger: (2.0 * flags - 1.0) * TRIGGER_LOGIT}
         elif self.separate_trigger:

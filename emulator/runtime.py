@@ -70,7 +70,7 @@ class Options:
     nan_policy: str = "fatal"  # fatal | zero
     ood_policy: str = "predict"  # predict | zero | fallback
     ood_tolerance: float = 0.25  # allowed excursion beyond the training range, in ranges
-    trigger_threshold: float = 0.5
+    trigger_threshold: float = 0.5  # (not used when the updraft kernel decides the trigger)
     batch_columns: int = 512  # columns per inference call: bounds memory; the LSTM is faster on few
     n_levels: int | None = None  # the caller's mass levels, checked against the model
 
@@ -178,9 +178,11 @@ class Runtime:
                         for i in session.get_inputs()}
         self.updraft = kf.INPUT in graph_inputs
         self.updraft_trigger = meta.get("mlcu.trigger_stage") == "updraft"
-        if self.updraft and meta.get("mlcu.updraft") != kf.layout():
+        self.downdraft = meta.get("mlcu.updraft") == kf.layout(downdraft=True)
+        if self.updraft and meta.get("mlcu.updraft") not in (kf.layout(), kf.layout(downdraft=True)):
             raise EmulatorError(f"{path}: the model's updraft channels ({meta.get('mlcu.updraft')}) "
-                                f"are not this runtime's ({kf.layout()})")
+                                f"are not this runtime's ({kf.layout()}, or with the downdraft "
+                                f"{kf.layout(downdraft=True)})")
         self._ood_bounds()
 
     @classmethod
@@ -239,7 +241,7 @@ class Runtime:
         """Raw model outputs (physical units, TRIGGER a probability) of columns given as
         {contract input: (column, values) or (column,)}; no gating, no constraints."""
         if self.updraft:
-            inputs = kf.with_channels(inputs)
+            inputs = kf.with_channels(inputs, self.downdraft)
         if self.trigger_session is None:
             out = self._run(self.session, inputs)
         else:
@@ -313,7 +315,7 @@ class Runtime:
             return counts
         run = inputs if keep.all() else {k: v[keep] for k, v in inputs.items()}
         if self.updraft:
-            run = kf.with_channels(run)
+            run = kf.with_channels(run, self.downdraft)
         if self.trigger_session is not None:  # the recurrent core only where it convects
             fires, out = self._two_stages(run)
         elif self.updraft_trigger:  # the network only where the updraft kernel finds a cloud

@@ -1,4 +1,5 @@
-"""MSKF's trigger and updraft for each column (``kf_updraft.f90``), as model input channels.
+"""MSKF's trigger, updraft and downdraft for each column (``kf_updraft.f90``), as model input
+channels.
 
 The Fortran kernel follows the scheme up to its closure: source-layer search, trigger,
 entraining updraft, deep/shallow decision, cloud base and top, time scale (see the file's
@@ -12,6 +13,9 @@ detrainment per unit cloud-base mass flux, its virtual-temperature excess (K / 5
 cloud mask (LCL to top); per column, repeated on every level, deep and shallow flags, ln(time
 scale / 1800 s), dilute buoyant energy (kJ/kg), cloud depth (10 km), LCL height (km),
 precipitation efficiency, source-layer depth (100 hPa) and the sub-cloud velocity scale (m/s).
+With ``downdraft``, five more: the downdraft's mass flux, entrainment and detrainment per unit
+cloud-base updraft mass flux per level, and per column the fraction of the precipitation it
+evaporates and the updraft's total precipitation production (kg/kg per unit mass flux x 100).
 Every channel is zero in a column without convection. The same function serves training,
 export and the runtime.
 """
@@ -24,15 +28,23 @@ import numpy as np
 
 # The kernel's output layout (kf_updraft.f90 checks the counts).
 LEVEL_FIELDS = ("mass_flux", "entrainment", "detrainment", "buoyancy", "condensate",
-                "precipitation", "velocity", "in_cloud")
+                "precipitation", "velocity", "in_cloud", "downdraft_mass_flux",
+                "downdraft_entrainment", "downdraft_detrainment")
 COLUMN_FIELDS = ("kind", "lcl_level", "top_level", "equilibrium_level", "source_level",
                  "lcl_height", "cloud_depth", "min_cloud_depth", "buoyant_energy", "time_scale",
                  "advective_time", "subcloud_velocity", "precipitation_efficiency",
-                 "source_depth")
+                 "source_depth", "downdraft_source_level", "downdraft_base_level",
+                 "precipitation_production", "evaporation")
+# The channels: the updraft's level fields (scaled), then its column channels, then, with the
+# downdraft, the downdraft's level fields and column channels.
 LEVEL_SCALES = (1.0, 1.0, 1.0, 0.2, 1.0e3, 1.0e3, 0.1, 1.0)
-N_COLUMN_CHANNELS = 9
-CHANNELS = len(LEVEL_FIELDS) + N_COLUMN_CHANNELS
-DEEP, SHALLOW = len(LEVEL_FIELDS), len(LEVEL_FIELDS) + 1  # the flags among the channels
+N_UPDRAFT_LEVEL = len(LEVEL_SCALES)
+COLUMN_CHANNELS = ("deep", "shallow", "ln_time_scale", "buoyant_energy", "cloud_depth",
+                   "lcl_height", "precipitation_efficiency", "source_depth", "subcloud_velocity")
+DOWNDRAFT_COLUMN_CHANNELS = ("evaporated_fraction", "precipitation_production")
+CHANNELS = N_UPDRAFT_LEVEL + len(COLUMN_CHANNELS)
+DOWNDRAFT_CHANNELS = len(LEVEL_FIELDS) - N_UPDRAFT_LEVEL + len(DOWNDRAFT_COLUMN_CHANNELS)
+DEEP, SHALLOW = N_UPDRAFT_LEVEL, N_UPDRAFT_LEVEL + 1  # the flags among the channels
 INPUT = "UPDRAFT"  # the model input these channels form
 # Contract inputs the kernel reads, in its argument order.
 LEVEL_INPUTS = ("T_PHY", "QVAPOR", "P_HYD", "RHO", "DZ8W", "W0AVG", "U_PHY", "V_PHY")
@@ -71,21 +83,35 @@ def diagnose(inputs: dict) -> tuple[np.ndarray, np.ndarray]:
     return lev.T, col.T
 
 
-def channels(inputs: dict) -> np.ndarray:
-    """The UPDRAFT model input of columns ``inputs``: (column, CHANNELS, level), float32."""
+def n_channels(downdraft: bool = False) -> int:
+    return CHANNELS + (DOWNDRAFT_CHANNELS if downdraft else 0)
+
+
+def channels(inputs: dict, downdraft: bool = False) -> np.ndarray:
+    """The UPDRAFT model input of columns ``inputs``: (column, n_channels(downdraft), level),
+    float32."""
     lev, col = diagnose(inputs)
     n, _, nz = lev.shape
-    out = np.empty((n, CHANNELS, nz), dtype=np.float32)
-    out[:, :len(LEVEL_FIELDS)] = lev * np.asarray(LEVEL_SCALES, np.float32)[:, None]
     field = {name: col[:, i] for i, name in enumerate(COLUMN_FIELDS)}
     kind = field["kind"]
     convects = kind > 0
     time_scale = np.log(np.where(convects, field["time_scale"], REFERENCE_TIME) / REFERENCE_TIME)
-    column = np.stack([kind == 2, kind == 1, time_scale, field["buoyant_energy"] / 1.0e3,
-                       field["cloud_depth"] / 1.0e4, field["lcl_height"] / 1.0e3,
-                       field["precipitation_efficiency"], field["source_depth"] / 1.0e4,
-                       field["subcloud_velocity"]], axis=1).astype(np.float32)
-    out[:, len(LEVEL_FIELDS):] = (column * convects[:, None])[:, :, None]
+    column = [kind == 2, kind == 1, time_scale, field["buoyant_energy"] / 1.0e3,
+              field["cloud_depth"] / 1.0e4, field["lcl_height"] / 1.0e3,
+              field["precipitation_efficiency"], field["source_depth"] / 1.0e4,
+              field["subcloud_velocity"]]
+    levels = [lev[:, :N_UPDRAFT_LEVEL] * np.asarray(LEVEL_SCALES, np.float32)[:, None]]
+    if downdraft:
+        production = field["precipitation_production"]
+        column += [field["evaporation"] / np.maximum(production, 1e-12), production * 1.0e2]
+        levels.append(lev[:, N_UPDRAFT_LEVEL:])
+    out = np.empty((n, n_channels(downdraft), nz), dtype=np.float32)
+    out[:, :N_UPDRAFT_LEVEL] = levels[0]
+    per_column = (np.stack(column, axis=1) * convects[:, None]).astype(np.float32)[:, :, None]
+    out[:, N_UPDRAFT_LEVEL:CHANNELS] = per_column[:, :len(COLUMN_CHANNELS)]
+    if downdraft:
+        out[:, CHANNELS:CHANNELS + len(LEVEL_FIELDS) - N_UPDRAFT_LEVEL] = levels[1]
+        out[:, CHANNELS + len(LEVEL_FIELDS) - N_UPDRAFT_LEVEL:] = per_column[:, len(COLUMN_CHANNELS):]
     return out
 
 
@@ -94,18 +120,20 @@ def convects(channels: np.ndarray) -> np.ndarray:
     return (channels[:, DEEP, 0] + channels[:, SHALLOW, 0]) > 0
 
 
-def layout() -> str:
+def layout(downdraft: bool = False) -> str:
     """The channel layout, as exported models record it (JSON)."""
-    return json.dumps({"level_fields": LEVEL_FIELDS, "column_fields": COLUMN_FIELDS,
-                       "level_scales": LEVEL_SCALES, "channels": CHANNELS})
+    names = list(LEVEL_FIELDS[:N_UPDRAFT_LEVEL]) + list(COLUMN_CHANNELS)
+    if downdraft:
+        names += list(LEVEL_FIELDS[N_UPDRAFT_LEVEL:]) + list(DOWNDRAFT_COLUMN_CHANNELS)
+    return json.dumps({"channels": names, "level_scales": LEVEL_SCALES})
 
 
-def with_channels(inputs: dict) -> dict:
+def with_channels(inputs: dict, downdraft: bool = False) -> dict:
     """``inputs`` with the UPDRAFT input added (numpy arrays, or torch tensors on the CPU)."""
     first = inputs["T_PHY"]
     if hasattr(first, "numpy"):  # torch
         import torch
 
         arrays = {k: inputs[k].numpy() for k in LEVEL_INPUTS + SURFACE_INPUTS}
-        return inputs | {INPUT: torch.from_numpy(channels(arrays))}
-    return inputs | {INPUT: channels(inputs)}
+        return inputs | {INPUT: torch.from_numpy(channels(arrays, downdraft))}
+    return inputs | {INPUT: channels(inputs, downdraft)}

@@ -83,6 +83,8 @@ def onnx_model_two_stage(synthetic_store, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def onnx_model_updraft(synthetic_store, tmp_path_factory):
-    """The same with MSKF's updraft as input and as the trigger (the runtime's updraft path)."""
+    """The same with MSKF's updraft and downdraft as input and the updraft as the trigger (the
+    runtime's updraft path)."""
     return _tiny_onnx(synthetic_store, tmp_path_factory, "model.updraft_features=true",
-                      "model.updraft_trigger=true", "model.trigger_hidden=0")
+                      "model.updraft_trigger=true", "model.trigger_hidden=0",
+                      "model.downdraft_features=true")

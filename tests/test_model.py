@@ -138,6 +138,7 @@ def test_inconsistent_physics_settings_are_refused(synthetic_store):
     stats = json.loads(store.path("stats.json").read_text())
     contract = default_contract().with_levels(store.contract().n_levels)
     for bad in (dict(advective_nca=True), dict(core_top_margin=2), dict(updraft_trigger=True),
+                dict(downdraft_features=True),
                 dict(level_targets=["PRATEC", "RTHCUTEN"]), dict(log_targets=["CUBOT"], level_targets=["CUBOT"])):
         with pytest.raises(ValueError):
             CumulusLSTM(contract, stats, ModelConfig(**bad))
@@ -186,14 +187,16 @@ def test_updraft_channels_feed_the_network_and_decide_the_trigger(oracle_files, 
     columns = {k: v[:512] for k, v in columns.items()}
     kind = kind[:512]
     contract = default_contract().with_levels(store.contract().n_levels)
-    cfg = ModelConfig(hidden=8, layers=1, column_hidden=8, updraft_features=True, updraft_trigger=True)
+    cfg = ModelConfig(hidden=8, layers=1, column_hidden=8, updraft_features=True, updraft_trigger=True,
+                      downdraft_features=True)
     torch.manual_seed(0)
     model = CumulusLSTM(contract, stats, cfg).eval()
     plain = CumulusLSTM(contract, stats, dataclasses.replace(cfg, updraft_features=False,
-                                                             updraft_trigger=False))
-    assert model.features.channels == plain.features.channels + kf.CHANNELS
+                                                             updraft_trigger=False,
+                                                             downdraft_features=False))
+    assert model.features.channels == plain.features.channels + kf.CHANNELS + kf.DOWNDRAFT_CHANNELS
     assert model.extra_inputs == [kf.INPUT] and plain.extra_inputs == []
-    given = kf.with_channels(columns)
+    given = kf.with_channels(columns, downdraft=True)
     with torch.no_grad():
         out = model(columns)
         np.testing.assert_array_equal(out["RTHCUTEN"].numpy(), model(given)["RTHCUTEN"].numpy())

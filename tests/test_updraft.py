@@ -1,5 +1,5 @@
-"""MSKF's trigger and updraft (emulator/kf_updraft.f90 through emulator.updraft): against WRF's
-own MSKF on the oracle files, and physical sanity on constructed columns."""
+"""MSKF's trigger, updraft and downdraft (emulator/kf_updraft.f90 through emulator.updraft):
+against WRF's own MSKF on the oracle files, and physical sanity on constructed columns."""
 
 import numpy as np
 import pytest
@@ -61,8 +61,12 @@ def test_unstable_ascending_column_makes_a_deep_cloud_a_stable_dry_one_none():
 def test_channels_layout_and_error_when_the_extension_disagrees():
     x = kf.channels(_sounding(3))
     assert x.dtype == np.float32 and x.shape == (3, kf.CHANNELS, 40)
-    deep = kf.CHANNELS - kf.N_COLUMN_CHANNELS
-    np.testing.assert_array_equal(x[:, deep], 1.0)  # deep flag on every level
+    np.testing.assert_array_equal(x[:, kf.DEEP], 1.0)  # deep flag on every level
+    # The downdraft's channels come after the updraft's, which do not change.
+    with_downdraft = kf.channels(_sounding(3), downdraft=True)
+    assert with_downdraft.shape == (3, kf.n_channels(downdraft=True), 40)
+    np.testing.assert_array_equal(with_downdraft[:, :kf.CHANNELS], x)
+    assert kf.layout() != kf.layout(downdraft=True)
     # The kernel refuses a layout other than its own.
     args = [np.ones((40, 1), np.float32, order="F")] * 8 + [np.ones(1, np.float32)] * 5
     *_, status = kf._kernel().updraft_columns(len(kf.LEVEL_FIELDS) - 1, len(kf.COLUMN_FIELDS), *args)
@@ -83,7 +87,8 @@ def test_the_kernel_reproduces_wrf_mskf_on_the_oracle(oracle_files):
         inputs["DX"] = np.full(len(inputs["T_PHY"]), dx, np.float32)
         lev, col = kf.diagnose(inputs)
         truth = {n: _flatten(ref[n]) if ref[n].ndim == 3 else _flatten(ref[n])[:, 0]
-                 for n in ("ORACLE_TRIGGER", "CUTOP", "CUBOT", "TIMEC_KF", "UER_KF", "UDR_KF")}
+                 for n in ("ORACLE_TRIGGER", "CUTOP", "CUBOT", "TIMEC_KF", "UER_KF", "UDR_KF",
+                           "DER_KF", "DDR_KF")}
         kind = _field(col, "kind")
         assert (kind == truth["ORACLE_TRIGGER"]).mean() >= 0.999, path.name
         both = (kind > 0) & (truth["ORACLE_TRIGGER"] > 0)
@@ -92,10 +97,15 @@ def test_the_kernel_reproduces_wrf_mskf_on_the_oracle(oracle_files):
         deep = (kind == 2) & (truth["ORACLE_TRIGGER"] == 2)
         timec = np.minimum(np.rint(_field(col, "time_scale") / dt) * dt, c.MAX_HOLD)
         assert (np.abs(timec - truth["TIMEC_KF"])[deep] <= dt).mean() >= 0.99, path.name
-        # MSKF stores the rates after its closure: compare their shapes.
-        for k, name in ((1, "UER_KF"), (2, "UDR_KF")):
-            a = lev[deep, k] / lev[deep, k].sum(axis=1, keepdims=True)
-            b = truth[name][deep] / truth[name][deep].sum(axis=1, keepdims=True)
+        # MSKF stores the rates after its closure: compare their shapes, where both have them
+        # (the downdraft's: where both find one).
+        for field, name in (("entrainment", "UER_KF"), ("detrainment", "UDR_KF"),
+                            ("downdraft_entrainment", "DER_KF"), ("downdraft_detrainment", "DDR_KF")):
+            a, b = lev[deep, kf.LEVEL_FIELDS.index(field)], truth[name][deep]
+            has = np.abs(a).sum(axis=1) > 0
+            assert (has == (np.abs(b).sum(axis=1) > 0)).mean() >= 0.995, f"{path.name}: {name}"
+            a = a[has] / a[has].sum(axis=1, keepdims=True)
+            b = b[has] / b[has].sum(axis=1, keepdims=True)
             r2 = 1 - ((a - b) ** 2).sum() / ((b - b.mean(axis=0)) ** 2).sum()
             assert r2 >= 0.99, f"{path.name}: {name} shape R2 {r2:.4f}"
 
