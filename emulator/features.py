@@ -107,7 +107,8 @@ class ColumnFeatures(nn.Module):
             extra += source_layer_trigger(inputs, self.source_levels)
         parts = [x] + ([torch.stack(extra, dim=1)] if extra else [])
         if self.updraft:
-            parts.append(inputs[kf.INPUT] if kf.INPUT in inputs else updraft_channels(inputs, self.downdraft))
+            given = inputs.get(kf.INPUT)
+            parts.append(given if given is not None else updraft_channels(inputs, self.downdraft))
         return torch.cat(parts, dim=1) if len(parts) > 1 else x
 
     def _physics(self, inputs: dict) -> list:

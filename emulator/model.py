@@ -16,6 +16,8 @@ Physics the network need not learn (each switched on in the model settings):
   TADVEC = DX / VCONV and VCONV the mean wind speed at the cloud-base (LCL) level and at the
   highest level with pressure >= half the lowest level's. NCA is computed so from the
   predicted CUBOT (= the LCL level) instead of being learned;
+* ``updraft_trigger``: TRIGGER is MSKF's own decision, the deep or shallow cloud that its
+  updraft finds (``emulator.updraft``, with ``updraft_features``), not a learned one;
 * ``core_top_margin``: MSKF's outputs are zero above the cloud top, so the recurrent core runs
   only up to the highest CUTOP of the training data plus this many levels, and every level
   output above the predicted CUTOP is zero.
