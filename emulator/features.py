@@ -107,8 +107,9 @@ class ColumnFeatures(nn.Module):
             extra += source_layer_trigger(inputs, self.source_levels)
         parts = [x] + ([torch.stack(extra, dim=1)] if extra else [])
         if self.updraft:
-            given = inputs.get(kf.INPUT)
-            parts.append(given if given is not None else updraft_channels(inputs, self.downdraft))
+            if kf.INPUT not in inputs:
+                inputs = kf.with_channels(inputs, self.downdraft)
+            parts.append(inputs[kf.INPUT])
         return torch.cat(parts, dim=1) if len(parts) > 1 else x
 
     def _physics(self, inputs: dict) -> list:
@@ -217,12 +218,6 @@ def source_layer_trigger(inputs: dict, bases: int) -> list:
                * torch.exp(c.XLV * at(qmix, first) / (c.CP * at(tlcl, first))))
     buoyancy = ((theta_e - theta_es) / 10.0).clamp(-5.0, 5.0)
     return [test, cloud_base, lcls, buoyancy]
-
-
-def updraft_channels(inputs: dict, downdraft: bool = False) -> torch.Tensor:
-    """The UPDRAFT channels of columns given as tensors (computed on the CPU, no gradient)."""
-    arrays = {k: inputs[k].detach().cpu().numpy() for k in kf.LEVEL_INPUTS + kf.SURFACE_INPUTS}
-    return torch.from_numpy(kf.channels(arrays, downdraft)).to(inputs["T_PHY"].device)
 
 
 def _count(condition: torch.Tensor) -> torch.Tensor:

@@ -416,7 +416,7 @@ contains
     ddr(lfs + 1:) = 0.
   end subroutine
 
-  ! One column. lev(:, f): mass flux, entrainment and detrainment per unit cloud-base mass
+  ! One column (after build_tables). lev(:, f): mass flux, entrainment and detrainment per unit cloud-base mass
   ! flux, updraft virtual-temperature excess (K), condensate (kg/kg), precipitation
   ! production per unit cloud-base mass flux, vertical velocity (m/s), 1 in cloud (LCL to
   ! top). col: kind (0 none, 1 shallow, 2 deep), LCL level, top level, equilibrium level,
@@ -445,7 +445,6 @@ contains
 
     lev = 0.
     col = 0.
-    call build_tables()
     scale = 1.
     if (dx < 24.999e3) scale = 1. + log(25.e3 / dx)
     rate = autoconversion / scale

@@ -91,28 +91,26 @@ def channels(inputs: dict, downdraft: bool = False) -> np.ndarray:
     """The UPDRAFT model input of columns ``inputs``: (column, n_channels(downdraft), level),
     float32."""
     lev, col = diagnose(inputs)
-    n, _, nz = lev.shape
     field = {name: col[:, i] for i, name in enumerate(COLUMN_FIELDS)}
     kind = field["kind"]
     convects = kind > 0
+
+    def per_column(values):  # (column, channel, level), zero where nothing convects
+        block = np.stack(values, axis=1) * convects[:, None]
+        return np.broadcast_to(block[:, :, None], block.shape + lev.shape[2:])
+
     time_scale = np.log(np.where(convects, field["time_scale"], REFERENCE_TIME) / REFERENCE_TIME)
-    column = [kind == 2, kind == 1, time_scale, field["buoyant_energy"] / 1.0e3,
-              field["cloud_depth"] / 1.0e4, field["lcl_height"] / 1.0e3,
-              field["precipitation_efficiency"], field["source_depth"] / 1.0e4,
-              field["subcloud_velocity"]]
-    levels = [lev[:, :N_UPDRAFT_LEVEL] * np.asarray(LEVEL_SCALES, np.float32)[:, None]]
+    blocks = [lev[:, :N_UPDRAFT_LEVEL] * np.asarray(LEVEL_SCALES, np.float32)[:, None],
+              per_column([kind == 2, kind == 1, time_scale, field["buoyant_energy"] / 1.0e3,
+                          field["cloud_depth"] / 1.0e4, field["lcl_height"] / 1.0e3,
+                          field["precipitation_efficiency"], field["source_depth"] / 1.0e4,
+                          field["subcloud_velocity"]])]
     if downdraft:
         production = field["precipitation_production"]
-        column += [field["evaporation"] / np.maximum(production, 1e-12), production * 1.0e2]
-        levels.append(lev[:, N_UPDRAFT_LEVEL:])
-    out = np.empty((n, n_channels(downdraft), nz), dtype=np.float32)
-    out[:, :N_UPDRAFT_LEVEL] = levels[0]
-    per_column = (np.stack(column, axis=1) * convects[:, None]).astype(np.float32)[:, :, None]
-    out[:, N_UPDRAFT_LEVEL:CHANNELS] = per_column[:, :len(COLUMN_CHANNELS)]
-    if downdraft:
-        out[:, CHANNELS:CHANNELS + len(LEVEL_FIELDS) - N_UPDRAFT_LEVEL] = levels[1]
-        out[:, CHANNELS + len(LEVEL_FIELDS) - N_UPDRAFT_LEVEL:] = per_column[:, len(COLUMN_CHANNELS):]
-    return out
+        blocks += [lev[:, N_UPDRAFT_LEVEL:],
+                   per_column([field["evaporation"] / np.maximum(production, 1e-12),
+                               production * 1.0e2])]
+    return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
 def convects(channels: np.ndarray) -> np.ndarray:
@@ -129,11 +127,12 @@ def layout(downdraft: bool = False) -> str:
 
 
 def with_channels(inputs: dict, downdraft: bool = False) -> dict:
-    """``inputs`` with the UPDRAFT input added (numpy arrays, or torch tensors on the CPU)."""
+    """``inputs`` with the UPDRAFT input added: numpy arrays, or torch tensors (the kernel runs
+    on the CPU; the channels go to the inputs' device, without gradient)."""
     first = inputs["T_PHY"]
     if hasattr(first, "numpy"):  # torch
         import torch
 
-        arrays = {k: inputs[k].numpy() for k in LEVEL_INPUTS + SURFACE_INPUTS}
-        return inputs | {INPUT: torch.from_numpy(channels(arrays, downdraft))}
+        arrays = {k: inputs[k].detach().cpu().numpy() for k in LEVEL_INPUTS + SURFACE_INPUTS}
+        return inputs | {INPUT: torch.from_numpy(channels(arrays, downdraft)).to(first.device)}
     return inputs | {INPUT: channels(inputs, downdraft)}
