@@ -109,18 +109,21 @@ class RuntimeCall:
             return result
 
         self.rt._run = timed_run
-        # Time in MSKF's updraft kernel (models with updraft features), likewise.
+        # Time in MSKF's updraft kernel and in assembling its channels (models with updraft
+        # features), likewise.
         from emulator import updraft
 
-        channels, self.kernel = updraft.with_channels, 0.0
+        self.kernel = 0.0
 
-        def timed_channels(inputs, downdraft=False):
-            start = time.perf_counter()
-            result = channels(inputs, downdraft)
-            self.kernel += time.perf_counter() - start
-            return result
+        def timed(fn):
+            def call(*args):
+                start = time.perf_counter()
+                result = fn(*args)
+                self.kernel += time.perf_counter() - start
+                return result
+            return call
 
-        updraft.with_channels = timed_channels
+        updraft.diagnose, updraft.assemble = timed(updraft.diagnose), timed(updraft.assemble)
         self.tiles = []
         for frame in frames:
             nz, ny, nx = frame.sizes["bottom_top"], frame.sizes["south_north"], frame.sizes["west_east"]

@@ -152,7 +152,7 @@ def to_onnx(model: CumulusLSTM) -> bytes:
     n = model.contract.n_levels
     example = tuple(torch.ones(2, v.size(n)) if v.level in ("mass", "w") else torch.ones(2)
                     for v in model.contract.inputs)
-    example += tuple(torch.zeros(2, kf.n_channels(model.cfg.downdraft_features), n)
+    example += tuple(torch.zeros(2, kf.n_channels(model.updraft_groups), n)
                      for _ in model.extra_inputs)
     path = Path(os.environ.get("TMPDIR", "/tmp")) / f"mlcu-export-{os.getpid()}.onnx"
     try:
@@ -181,7 +181,7 @@ def export(run_dir, out, store=None, weights: str = "best.pt",
     graph = onnx.load_from_string(to_onnx(model))
     columns = heldout_columns(store, model.contract)
     if model.extra_inputs:
-        columns = kf.with_channels(columns, model.cfg.downdraft_features)
+        columns = kf.with_channels(columns, model.updraft_groups)
     errors = parity(graph.SerializeToString(), model, columns)
     failed = {k: v for k, v in errors.items()
               if not v["max_rel"] <= (LEVEL_PARITY_TOLERANCE if k in model.level_targets else tolerance)}
@@ -195,7 +195,7 @@ def export(run_dir, out, store=None, weights: str = "best.pt",
             "mlcu.trigger_stage": ("updraft" if model.cfg.updraft_trigger else
                                    "separate" if model.separate_trigger else "joint")}
     if model.cfg.updraft_features:
-        meta["mlcu.updraft"] = kf.layout(model.cfg.downdraft_features)
+        meta["mlcu.updraft"] = kf.layout(model.updraft_groups)
     onnx.helper.set_model_props(graph, meta)
     graph.producer_name, graph.doc_string = "mlcu", "Machine-learned cumulus scheme for WRF (MSKF emulator)"
     onnx.checker.check_model(graph)

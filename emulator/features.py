@@ -15,10 +15,10 @@ The network sees the column as a sequence of mass levels. Each level gets:
 * with ``trigger`` features on, MSKF's own trigger test on each candidate updraft source layer
   (``source_layer_trigger``): where a parcel from that layer would pass it, at which level
   the first that passes has its LCL (MSKF's cloud base, CUBOT), and that parcel's buoyancy;
-* with ``updraft`` features on, MSKF's whole trigger and updraft, and with ``downdraft`` its
-  downdraft too (``emulator.updraft``, a compiled kernel outside the graph): the exported
-  model takes them as one more input, UPDRAFT, which the runtime computes; in PyTorch they
-  are computed when not given.
+* with ``updraft`` features on, MSKF's whole trigger and updraft, and with ``updraft_groups``
+  its downdraft or the drafts' initial tendencies too (``emulator.updraft``, a compiled
+  kernel outside the graph): the exported model takes them as one more input, UPDRAFT, which
+  the runtime computes; in PyTorch they are computed when not given.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class ColumnFeatures(nn.Module):
 
     def __init__(self, contract: Contract, stats: dict, normalisation: str = "zscore",
                  derived: bool = True, trigger: bool = False, updraft: bool = False,
-                 downdraft: bool = False):
+                 updraft_groups: tuple = ()):
         super().__init__()
         if normalisation not in ("zscore", "absmax"):
             raise ValueError(f"input normalisation must be zscore or absmax, got {normalisation!r}")
@@ -61,7 +61,7 @@ class ColumnFeatures(nn.Module):
         self.derived = derived
         self.trigger = trigger
         self.updraft = updraft
-        self.downdraft = downdraft
+        self.updraft_groups = tuple(updraft_groups)
         # Levels that can be within 300 hPa of the lowest one in the training data.
         p_max, p_min = _stat(stats, "P_HYD", "max"), _stat(stats, "P_HYD", "min")
         self.source_levels = int((p_max >= p_min[0] - SOURCE_SEARCH_PA).sum()) + 1
@@ -79,7 +79,7 @@ class ColumnFeatures(nn.Module):
     @property
     def channels(self) -> int:
         return (len(self.names) + (N_DERIVED if self.derived else 0) + (N_TRIGGER if self.trigger else 0)
-                + (kf.n_channels(self.downdraft) if self.updraft else 0))
+                + (kf.n_channels(self.updraft_groups) if self.updraft else 0))
 
     def forward(self, inputs: dict) -> torch.Tensor:
         """(batch, channels, levels): channel-major, so that stacking copies whole rows."""
@@ -108,7 +108,7 @@ class ColumnFeatures(nn.Module):
         parts = [x] + ([torch.stack(extra, dim=1)] if extra else [])
         if self.updraft:
             if kf.INPUT not in inputs:
-                inputs = kf.with_channels(inputs, self.downdraft)
+                inputs = kf.with_channels(inputs, self.updraft_groups)
             parts.append(inputs[kf.INPUT])
         return torch.cat(parts, dim=1) if len(parts) > 1 else x
 

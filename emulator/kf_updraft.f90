@@ -24,9 +24,10 @@
 !     dilute buoyant energy (never shorter than the advective time DX / VCONV), and the
 !     precipitation efficiency from shear and cloud-base height;
 !   * the downdraft of a deep cloud: its source, entrainment, moist descent, detrainment
-!     below the source layer and the evaporation that limits it.
-! The closure (how much of the buoyant energy is removed) and the tendencies it gives are left
-! to the network.
+!     below the source layer and the evaporation that limits it;
+!   * the tendencies these drafts give at the start of the closure, in the scheme's flux form.
+! The closure (how much of the buoyant energy is removed) and how its time integration
+! reshapes those tendencies are left to the network.
 !
 ! Single precision and the scheme's own lookup-table construction, so that marginal decisions
 ! fall the way they fall in WRF. Arrays are (level, column), levels bottom-up.
@@ -36,7 +37,7 @@ module kf_updraft
   public :: updraft_column, build_tables, N_LEVEL_FIELDS, N_COLUMN_FIELDS
 
   ! Output layout (emulator/updraft.py names them).
-  integer, parameter :: N_LEVEL_FIELDS = 11, N_COLUMN_FIELDS = 18
+  integer, parameter :: N_LEVEL_FIELDS = 14, N_COLUMN_FIELDS = 18
 
   ! WRF's constants as the scheme receives them
   real, parameter :: g = 9.81, rd = 287.0, cp = 1004.5, xlv0 = 3.15e6, xlv1 = 2370.
@@ -291,14 +292,14 @@ contains
   ! downdraft. Shallow clouds have none. Outputs dmf, der, ddr (kg/s, dmf and der <= 0), the
   ! source and base levels and the evaporation tder (kg/s).
   subroutine downdraft(nz, kind, t, p, q0, qes, tv0, dp, z0, kpbl, klcl, ltop, let, lc, umf, &
-                       ppt_ice, peff, au0, trppt, dmf, der, ddr, lfs, ldb, tder)
+                       ppt_ice, peff, au0, trppt, dmf, der, ddr, thetad, qd, lfs, ldb, tder)
     integer, intent(in) :: nz, kind, kpbl, klcl, ltop, let, lc
     real, intent(in), dimension(nz) :: t, p, q0, qes, tv0, dp, z0, umf, ppt_ice
     real, intent(in) :: peff, au0, trppt
-    real, intent(out), dimension(nz) :: dmf, der, ddr
+    real, intent(out), dimension(nz) :: dmf, der, ddr, thetad, qd
     integer, intent(out) :: lfs, ldb
     real, intent(out) :: tder
-    real, dimension(nz) :: theted, qd, qsd
+    real, dimension(nz) :: theted, qsd
     integer :: kstart, nk, nd, ldt, melting_level
     real :: tz, qss, rhbar, dptt, dmffrc, dpdd, melt, es, rhh, desdt, latent, dtmp, t1rh, qsrh, &
             tvd, ddinc
@@ -306,6 +307,8 @@ contains
     dmf = 0.
     der = 0.
     ddr = 0.
+    thetad = 0.
+    qd = 0.
     tder = 0.
     lfs = 1
     ldb = 1
@@ -378,6 +381,7 @@ contains
         qsd(nd) = qsrh
       end if
       tvd = tz * (1. + 0.608 * qsd(nd))
+      thetad(nd) = tz * (1.e5 / p(nd))**(0.2854 * (1. - 0.28 * qsd(nd)))
       if (tvd > tv0(nd) .or. nd == 1) then
         ldb = nd
         exit
@@ -389,6 +393,7 @@ contains
         der(nd) = 0.
         dmf(nd) = dmf(nd + 1) + ddr(nd)
         tder = tder + (qsd(nd) - qd(nd)) * ddr(nd)
+        qd(nd) = qsd(nd)
       end do
     end if
 
@@ -416,13 +421,68 @@ contains
     ddr(lfs + 1:) = 0.
   end subroutine
 
-  ! One column (after build_tables). lev(:, f): mass flux, entrainment and detrainment per unit cloud-base mass
-  ! flux, updraft virtual-temperature excess (K), condensate (kg/kg), precipitation
-  ! production per unit cloud-base mass flux, vertical velocity (m/s), 1 in cloud (LCL to
-  ! top). col: kind (0 none, 1 shallow, 2 deep), LCL level, top level, equilibrium level,
-  ! source-layer base level, LCL height (m), cloud depth (m), CHMIN (m), dilute buoyant
-  ! energy (J/kg), time scale (s, before rounding to steps), advective time (s), sub-cloud
-  ! velocity scale (m/s), precipitation efficiency, source-layer depth (Pa).
+  ! The tendencies of theta, vapour and detrained condensate (per second) that the drafts
+  ! (mass fluxes in kg/s; gdxsq = g / DX**2) give at the start of MSKF's closure: detrainment of
+  ! updraft and downdraft air, entrainment of environmental air, and the compensating
+  ! environmental motion that conserves mass, in the scheme's upstream flux form. MSKF
+  ! integrates the same equations over its time scale and scales the drafts until 90 % of the
+  ! buoyant energy is gone; this is their first step, before that scaling. Levels above ltop
+  ! are zero.
+  subroutine initial_tendencies(nz, ltop, t, p, q0, dp, tu, qdt, condensate, dilfrc, uer, udr, &
+                                der, ddr, thetad, qd, gdxsq, dthdt, dqdt, dqcdt)
+    integer, intent(in) :: nz, ltop
+    real, intent(in), dimension(nz) :: t, p, q0, dp, tu, qdt, condensate, dilfrc, uer, udr, der, &
+                                       ddr, thetad, qd
+    real, intent(in) :: gdxsq
+    real, intent(out), dimension(nz) :: dthdt, dqdt, dqcdt
+    real, dimension(nz) :: theta0, thetau, net_up
+    real :: flux, th_flux, q_flux
+    integer :: nk
+
+    dthdt = 0.
+    dqdt = 0.
+    dqcdt = 0.
+    do nk = 1, ltop
+      theta0(nk) = t(nk) * (1.e5 / p(nk))**(0.2854 * (1. - 0.28 * q0(nk)))
+      thetau(nk) = tu(nk) * (1.e5 / p(nk))**(0.2854 * (1. - 0.28 * qdt(nk)))
+      net_up(nk) = uer(nk) - der(nk) - udr(nk) - ddr(nk)   ! net inflow into the drafts
+      dthdt(nk) = udr(nk) * thetau(nk) + ddr(nk) * thetad(nk) - (uer(nk) - der(nk)) * theta0(nk)
+      dqdt(nk) = udr(nk) * qdt(nk) + ddr(nk) * qd(nk) - (uer(nk) - der(nk)) * q0(nk)
+      dqcdt(nk) = udr(nk) * condensate(nk) * dilfrc(nk)
+    end do
+    ! The environment moves down (flux > 0) or up through the interface below each level,
+    ! carrying the values of the level it leaves.
+    flux = 0.
+    do nk = 2, ltop
+      flux = flux + net_up(nk - 1)
+      if (flux > 0.) then
+        th_flux = flux * theta0(nk)
+        q_flux = flux * q0(nk)
+      else
+        th_flux = flux * theta0(nk - 1)
+        q_flux = flux * q0(nk - 1)
+      end if
+      dthdt(nk) = dthdt(nk) - th_flux
+      dqdt(nk) = dqdt(nk) - q_flux
+      dthdt(nk - 1) = dthdt(nk - 1) + th_flux
+      dqdt(nk - 1) = dqdt(nk - 1) + q_flux
+    end do
+    dthdt(:ltop) = dthdt(:ltop) * gdxsq / dp(:ltop)
+    dqdt(:ltop) = dqdt(:ltop) * gdxsq / dp(:ltop)
+    dqcdt(:ltop) = dqcdt(:ltop) * gdxsq / dp(:ltop)
+  end subroutine
+
+  ! One column (after build_tables). lev(:, f): mass flux, entrainment and detrainment per
+  ! unit cloud-base mass flux, updraft virtual-temperature excess (K), condensate (kg/kg),
+  ! precipitation production per unit cloud-base mass flux, vertical velocity (m/s), 1 in
+  ! cloud (LCL to top); the downdraft's mass flux, entrainment and detrainment per unit
+  ! cloud-base updraft mass flux; the initial tendencies of theta (K/s), vapour and detrained
+  ! condensate (kg/kg/s). col: kind (0 none, 1 shallow, 2 deep), LCL level, top level,
+  ! equilibrium level, source-layer base level, LCL height (m), cloud depth (m), CHMIN (m),
+  ! dilute buoyant energy (J/kg), time scale (s, before rounding to steps), advective time
+  ! (s), sub-cloud velocity scale (m/s), precipitation efficiency, source-layer depth (Pa),
+  ! downdraft source and base levels, and the precipitation production and downdraft
+  ! evaporation per unit cloud-base mass flux.
   subroutine updraft_column(nz, t, qv, p, rho, dz, w0, u, v, hfx, ust, pblh, zol, dx, lev, col)
     integer, intent(in) :: nz
     real, intent(in) :: t(nz), qv(nz), p(nz), rho(nz), dz(nz), w0(nz), u(nz), v(nz)
@@ -431,7 +491,7 @@ contains
 
     real, dimension(nz) :: q0, qes, tv0, dp, z0, dza, cldhgt, tu, tvu, tvqu, qu, qliq, qice, theteu, &
                            theta_e_env, umf, uer, udr, dilfrc, ppt, ppt_ice, wu, fallout_fraction, &
-                           ice_fallout_fraction, dmf, der, ddr
+                           ice_fallout_fraction, dmf, der, ddr, qdt, thetad, qd
     integer :: base_levels(nz)
     integer :: k, nk, nk1, kk, n_bases, nu, nu_shallow, lc, kpbl, klcl, kb, ltop, let, l5, llfc
     integer :: kind, lfs, ldb
@@ -557,6 +617,7 @@ contains
       ppt_ice = 0.
       wu = 0.
       tvqu = 0.
+      qdt = 0.
       qliq = 0.
       qice = 0.
       dilfrc = 1.
@@ -675,6 +736,7 @@ contains
         upnew = upold + uer(nk1)
         umf(nk1) = upnew
         dilfrc(nk1) = upnew / upold
+        qdt(nk1) = qu(nk1)   ! the detraining air's vapour, before it mixes with entrained air
         qu(nk1) = (upold * qu(nk1) + uer(nk1) * q0(nk1)) / upnew
         theteu(nk1) = (theteu(nk1) * upold + theta_e_env(nk1) * uer(nk1)) / upnew
         qliq(nk1) = qliq(nk1) * upold / upnew
@@ -817,10 +879,12 @@ contains
 
     trppt = sum(ppt)
     call downdraft(nz, kind, t, p, q0, qes, tv0, dp, z0, kpbl, klcl, ltop, let, lc, umf, ppt_ice, &
-                   peff, 0.01 * dx * dx, trppt, dmf, der, ddr, lfs, ldb, tder)
+                   peff, 0.01 * dx * dx, trppt, dmf, der, ddr, thetad, qd, lfs, ldb, tder)
     lev(:, 9) = dmf / vmflcl
     lev(:, 10) = der / vmflcl
     lev(:, 11) = ddr / vmflcl
+    call initial_tendencies(nz, ltop, t, p, q0, dp, tu, qdt, qliq + qice, dilfrc, uer, udr, der, &
+                            ddr, thetad, qd, g / (dx * dx), lev(:, 12), lev(:, 13), lev(:, 14))
 
     col = [real(kind), real(klcl), real(ltop), real(let), real(lc), zlcl, cldhgt(lc), chmin, &
            abe, timec, tadvec, sclvel, peff, dpthmx, real(lfs), real(ldb), trppt / vmflcl, &

@@ -18,6 +18,10 @@ Physics the network need not learn (each switched on in the model settings):
   predicted CUBOT (= the LCL level) instead of being learned;
 * ``updraft_trigger``: TRIGGER is MSKF's own decision, the deep or shallow cloud that its
   updraft finds (``emulator.updraft``, with ``updraft_features``), not a learned one;
+* ``closure_factor``: MSKF's theta and vapour tendencies are the drafts' initial tendencies
+  (``tendency_features``) scaled by its closure and reshaped by its time integration; the
+  column head predicts one factor per variable, and the factor times the initial tendency is
+  added to the per-level head's output, which learns the rest;
 * ``core_top_margin``: MSKF's outputs are zero above the cloud top, so the recurrent core runs
   only up to the highest CUTOP of the training data plus this many levels, and every level
   output above the predicted CUTOP is zero.
@@ -72,6 +76,12 @@ class ModelConfig:
     updraft_trigger: bool = False
     # MSKF's downdraft (emulator.updraft) as more input channels (needs updraft_features).
     downdraft_features: bool = False
+    # The tendencies the drafts give before MSKF's closure scales them (emulator.updraft), as
+    # more input channels (needs updraft_features).
+    tendency_features: bool = False
+    # RTHCUTEN and RQVCUTEN are a predicted per-column factor times those initial tendencies
+    # plus the per-level head's output (needs tendency_features).
+    closure_factor: bool = False
     column_hidden: int = 64
     # 0: the trigger comes from the Bi-LSTM's column head. > 0: from a separate MLP with this
     # many hidden units over the column's features, so that the runtime decides the trigger
@@ -148,20 +158,30 @@ class CumulusLSTM(nn.Module):
 
         self.features = ColumnFeatures(contract, stats, cfg.input_normalisation, cfg.derived_features,
                                        cfg.trigger_features, cfg.updraft_features,
-                                       cfg.downdraft_features)
+                                       self.updraft_groups)
         self.project = nn.Linear(self.features.channels * self.stride, cfg.hidden)
         self.lstm = nn.LSTM(cfg.hidden, cfg.hidden, num_layers=cfg.layers,
                             bidirectional=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.level_head = nn.Linear(2 * cfg.hidden,
                                     (len(self.level_outputs) + len(self.level_targets)) * self.stride)
-        for option in ("updraft_trigger", "downdraft_features"):
+        for option in ("updraft_trigger", "downdraft_features", "tendency_features"):
             if getattr(cfg, option) and not cfg.updraft_features:
                 raise ValueError(f"model.{option} needs model.updraft_features")
+        if cfg.closure_factor and not cfg.tendency_features:
+            raise ValueError("model.closure_factor needs model.tendency_features")
+        # (output index, channel index among the features, channel scale) of the outputs the
+        # closure factor scales: the tendency channels are the features' last ones.
+        first = self.features.channels - len(kf.GROUPS["tendencies"])
+        self.closure_targets = [
+            (self.level_outputs.index(name), first + kf.GROUPS["tendencies"].index(channel),
+             kf.TENDENCY_SCALES[channel])
+            for channel, name in kf.TENDENCY_OUTPUTS.items()] if cfg.closure_factor else []
         self.separate_trigger = cfg.trigger_hidden > 0 and not cfg.updraft_trigger
         learned_trigger = not (self.separate_trigger or cfg.updraft_trigger)
         self.column_head = nn.Sequential(
             nn.Linear(4 * cfg.hidden, cfg.column_hidden), nn.GELU(),
-            nn.Linear(cfg.column_hidden, len(self.column_outputs) + int(learned_trigger)))
+            nn.Linear(cfg.column_hidden, len(self.column_outputs) + int(learned_trigger)
+                      + len(self.closure_targets)))
         if self.separate_trigger:
             self.trigger_net = nn.Sequential(
                 nn.Linear(contract.n_levels * self.features.channels, cfg.trigger_hidden), nn.GELU(),
@@ -173,6 +193,12 @@ class CumulusLSTM(nn.Module):
             shift, scale = zip(*(level_zscores(stats, n) for n in self.level_outputs))
             self.register_buffer("target_level_shift", torch.stack(shift))
             self.register_buffer("target_level_scale", torch.stack(scale))
+
+    @property
+    def updraft_groups(self) -> tuple:
+        """The optional groups of UPDRAFT channels (emulator.updraft.GROUPS) this model takes."""
+        return tuple(g for g, on in (("downdraft", self.cfg.downdraft_features),
+                                     ("tendencies", self.cfg.tendency_features)) if on)
 
     @property
     def extra_inputs(self) -> list:
@@ -207,8 +233,14 @@ class CumulusLSTM(nn.Module):
         # axis slowly.)
         pooled = torch.cat([h.mean(dim=0), functools.reduce(torch.maximum, h.unbind(0))], dim=-1)
         column = self.column_head(pooled)
+        if self.closure_targets:  # the factors times the initial tendencies, normalised
+            factors, column = column[:, -len(self.closure_targets):], column[:, :-len(self.closure_targets)]
+            per_level = list(per_level.unbind(0))
+            for j, (k, channel, channel_scale) in enumerate(self.closure_targets):
+                scaled = factors[:, j:j + 1] * x[:, channel, :self.n_core] / channel_scale
+                per_level[k] = per_level[k] + scaled / self.level_scale(k)[:self.n_core]
         if self.cfg.updraft_trigger:  # the kernel's flags, as saturated logits
-            first = self.features.channels - kf.n_channels(self.cfg.downdraft_features)
+            first = self.features.channels - kf.n_channels(self.updraft_groups)
             flags = x[:, first + kf.DEEP, 0] + x[:, first + kf.SHALLOW, 0]
             out = {self.trigger: (2.0 * flags - 1.0) * TRIGGER_LOGIT}
         elif self.separate_trigger:
@@ -224,6 +256,12 @@ class CumulusLSTM(nn.Module):
         for k, name in enumerate(self.column_outputs):
             out[name] = column[:, k]
         return out
+
+    def level_scale(self, k: int) -> torch.Tensor:
+        """The scale of level output k per level (physical = normalised x scale + shift)."""
+        if self.cfg.target_normalisation == "zscore":
+            return self.target_level_scale[k]
+        return self.scale_of(self.level_outputs[k]).expand(self.contract.n_levels)
 
     def scale_of(self, name: str) -> torch.Tensor:
         names = self.level_outputs + self.column_outputs

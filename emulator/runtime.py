@@ -178,11 +178,11 @@ class Runtime:
                         for i in session.get_inputs()}
         self.updraft = kf.INPUT in graph_inputs
         self.updraft_trigger = meta.get("mlcu.trigger_stage") == "updraft"
-        self.downdraft = meta.get("mlcu.updraft") == kf.layout(downdraft=True)
-        if self.updraft and meta.get("mlcu.updraft") not in (kf.layout(), kf.layout(downdraft=True)):
+        self.updraft_groups = kf.groups_of(meta.get("mlcu.updraft")) if self.updraft else ()
+        if self.updraft_groups is None:
             raise EmulatorError(f"{path}: the model's updraft channels ({meta.get('mlcu.updraft')}) "
-                                f"are not this runtime's ({kf.layout()}, or with the downdraft "
-                                f"{kf.layout(downdraft=True)})")
+                                f"are not a layout of this runtime's ({kf.layout()} with any of "
+                                f"the groups {list(kf.GROUPS)})")
         self._ood_bounds()
 
     @classmethod
@@ -241,7 +241,7 @@ class Runtime:
         """Raw model outputs (physical units, TRIGGER a probability) of columns given as
         {contract input: (column, values) or (column,)}; no gating, no constraints."""
         if self.updraft:
-            inputs = kf.with_channels(inputs, self.downdraft)
+            inputs = kf.with_channels(inputs, self.updraft_groups)
         if self.trigger_session is None:
             out = self._run(self.session, inputs)
         else:
@@ -314,15 +314,19 @@ class Runtime:
         if not keep.any():
             return counts
         run = inputs if keep.all() else {k: v[keep] for k, v in inputs.items()}
-        if self.updraft:
-            run = kf.with_channels(run, self.downdraft)
-        if self.trigger_session is not None:  # the recurrent core only where it convects
-            fires, out = self._two_stages(run)
-        elif self.updraft_trigger:  # the network only where the updraft kernel finds a cloud
-            fires = kf.convects(run[kf.INPUT])
-            needed = [i.name for i in self.session.get_inputs()]
-            out = self._run(self.session, {k: run[k][fires] for k in needed}) if fires.any() else {}
+        if self.updraft_trigger:  # the network only where the updraft kernel finds a cloud
+            lev, col = kf.diagnose(run)
+            fires = kf.kind(col) > 0
+            needed = [i.name for i in self.session.get_inputs() if i.name != kf.INPUT]
+            feed = {k: run[k][fires] for k in needed}
+            feed[kf.INPUT] = kf.assemble(lev[fires], col[fires], self.updraft_groups)
+            out = self._run(self.session, feed) if fires.any() else {}
+        elif self.trigger_session is not None:  # the recurrent core only where it convects
+            fires, out = self._two_stages(kf.with_channels(run, self.updraft_groups)
+                                          if self.updraft else run)
         else:
+            if self.updraft:
+                run = kf.with_channels(run, self.updraft_groups)
             out = self._run(self.session, run)
             fires = out[self.trigger] >= self.options.trigger_threshold
             out = {k: v[fires] for k, v in out.items()}

@@ -16,12 +16,19 @@ precipitation efficiency, source-layer depth (100 hPa) and the sub-cloud velocit
 With ``downdraft``, five more: the downdraft's mass flux, entrainment and detrainment per unit
 cloud-base updraft mass flux per level, and per column the fraction of the precipitation it
 evaporates and the updraft's total precipitation production (kg/kg per unit mass flux x 100).
+With ``tendencies``, three more per level: the tendencies of theta, vapour and detrained
+condensate that the drafts give at the start of MSKF's closure (before it scales them), in
+the scheme's flux form (K per 1000 s, g/kg per 10,000 s). Up to that scaling and the nonlinearity of the
+closure's time integration they are the scheme's own tendency profiles: on the oracle
+validation files a per-column scale fits RQVCUTEN's profiles of deep and shallow columns with
+R2 0.94-0.95.
 Every channel is zero in a column without convection. The same function serves training,
 export and the runtime.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -29,21 +36,28 @@ import numpy as np
 # The kernel's output layout (kf_updraft.f90 checks the counts).
 LEVEL_FIELDS = ("mass_flux", "entrainment", "detrainment", "buoyancy", "condensate",
                 "precipitation", "velocity", "in_cloud", "downdraft_mass_flux",
-                "downdraft_entrainment", "downdraft_detrainment")
+                "downdraft_entrainment", "downdraft_detrainment", "heating", "moistening",
+                "detrained_condensate")
 COLUMN_FIELDS = ("kind", "lcl_level", "top_level", "equilibrium_level", "source_level",
                  "lcl_height", "cloud_depth", "min_cloud_depth", "buoyant_energy", "time_scale",
                  "advective_time", "subcloud_velocity", "precipitation_efficiency",
                  "source_depth", "downdraft_source_level", "downdraft_base_level",
                  "precipitation_production", "evaporation")
-# The channels: the updraft's level fields (scaled), then its column channels, then, with the
-# downdraft, the downdraft's level fields and column channels.
+# The channels: the updraft's level fields (scaled), then its column channels, then the
+# optional groups, in GROUPS order: the downdraft's level fields and column channels; the
+# drafts' initial tendencies (K per 1000 s, g/kg per 10,000 s).
 LEVEL_SCALES = (1.0, 1.0, 1.0, 0.2, 1.0e3, 1.0e3, 0.1, 1.0)
 N_UPDRAFT_LEVEL = len(LEVEL_SCALES)
 COLUMN_CHANNELS = ("deep", "shallow", "ln_time_scale", "buoyant_energy", "cloud_depth",
                    "lcl_height", "precipitation_efficiency", "source_depth", "subcloud_velocity")
+DOWNDRAFT_LEVEL = ("downdraft_mass_flux", "downdraft_entrainment", "downdraft_detrainment")
 DOWNDRAFT_COLUMN_CHANNELS = ("evaporated_fraction", "precipitation_production")
+TENDENCY_SCALES = {"heating": 1.0e3, "moistening": 1.0e7, "detrained_condensate": 1.0e7}
+# The contract outputs whose profiles the initial tendencies give, up to MSKF's closure.
+TENDENCY_OUTPUTS = {"heating": "RTHCUTEN", "moistening": "RQVCUTEN"}
+GROUPS = {"downdraft": DOWNDRAFT_LEVEL + DOWNDRAFT_COLUMN_CHANNELS,
+          "tendencies": tuple(TENDENCY_SCALES)}
 CHANNELS = N_UPDRAFT_LEVEL + len(COLUMN_CHANNELS)
-DOWNDRAFT_CHANNELS = len(LEVEL_FIELDS) - N_UPDRAFT_LEVEL + len(DOWNDRAFT_COLUMN_CHANNELS)
 DEEP, SHALLOW = N_UPDRAFT_LEVEL, N_UPDRAFT_LEVEL + 1  # the flags among the channels
 INPUT = "UPDRAFT"  # the model input these channels form
 # Contract inputs the kernel reads, in its argument order.
@@ -83,34 +97,60 @@ def diagnose(inputs: dict) -> tuple[np.ndarray, np.ndarray]:
     return lev.T, col.T
 
 
-def n_channels(downdraft: bool = False) -> int:
-    return CHANNELS + (DOWNDRAFT_CHANNELS if downdraft else 0)
+def _groups(groups) -> tuple:
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise UpdraftError(f"unknown channel groups {sorted(unknown)}; known: {list(GROUPS)}")
+    return tuple(g for g in GROUPS if g in groups)
 
 
-def channels(inputs: dict, downdraft: bool = False) -> np.ndarray:
-    """The UPDRAFT model input of columns ``inputs``: (column, n_channels(downdraft), level),
-    float32."""
-    lev, col = diagnose(inputs)
+def n_channels(groups=()) -> int:
+    return CHANNELS + sum(len(GROUPS[g]) for g in _groups(groups))
+
+
+def channels(inputs: dict, groups=()) -> np.ndarray:
+    """The UPDRAFT model input of columns ``inputs``: (column, n_channels(groups), level),
+    float32, with the optional channel ``groups`` (names in GROUPS)."""
+    return assemble(*diagnose(inputs), groups)
+
+
+def assemble(lev: np.ndarray, col: np.ndarray, groups=()) -> np.ndarray:
+    """The UPDRAFT channels from the kernel's output (``diagnose``), written block by block
+    into one array (the runtime's cost: no intermediate copies)."""
+    groups = _groups(groups)
+    n, nz = lev.shape[0], lev.shape[2]
+    out = np.empty((n, n_channels(groups), nz), np.float32)
     field = {name: col[:, i] for i, name in enumerate(COLUMN_FIELDS)}
     kind = field["kind"]
     convects = kind > 0
+    at = 0
 
-    def per_column(values):  # (column, channel, level), zero where nothing convects
+    def put_levels(names, scales):  # the kernel's level fields, zero where nothing convects
+        nonlocal at
+        for name, scale in zip(names, scales):
+            np.multiply(lev[:, LEVEL_FIELDS.index(name)], scale, out=out[:, at])
+            at += 1
+
+    def put_columns(values):  # per-column values on every level, zero where nothing convects
+        nonlocal at
         block = np.stack(values, axis=1) * convects[:, None]
-        return np.broadcast_to(block[:, :, None], block.shape + lev.shape[2:])
+        out[:, at:at + len(values)] = block[:, :, None]
+        at += len(values)
 
     time_scale = np.log(np.where(convects, field["time_scale"], REFERENCE_TIME) / REFERENCE_TIME)
-    blocks = [lev[:, :N_UPDRAFT_LEVEL] * np.asarray(LEVEL_SCALES, np.float32)[:, None],
-              per_column([kind == 2, kind == 1, time_scale, field["buoyant_energy"] / 1.0e3,
-                          field["cloud_depth"] / 1.0e4, field["lcl_height"] / 1.0e3,
-                          field["precipitation_efficiency"], field["source_depth"] / 1.0e4,
-                          field["subcloud_velocity"]])]
-    if downdraft:
-        production = field["precipitation_production"]
-        blocks += [lev[:, N_UPDRAFT_LEVEL:],
-                   per_column([field["evaporation"] / np.maximum(production, 1e-12),
-                               production * 1.0e2])]
-    return np.concatenate(blocks, axis=1).astype(np.float32)
+    put_levels(LEVEL_FIELDS[:N_UPDRAFT_LEVEL], LEVEL_SCALES)
+    put_columns([kind == 2, kind == 1, time_scale, field["buoyant_energy"] / 1.0e3,
+                 field["cloud_depth"] / 1.0e4, field["lcl_height"] / 1.0e3,
+                 field["precipitation_efficiency"], field["source_depth"] / 1.0e4,
+                 field["subcloud_velocity"]])
+    for group in groups:
+        if group == "downdraft":
+            production = field["precipitation_production"]
+            put_levels(DOWNDRAFT_LEVEL, (1.0,) * len(DOWNDRAFT_LEVEL))
+            put_columns([field["evaporation"] / np.maximum(production, 1e-12), production * 1.0e2])
+        else:
+            put_levels(TENDENCY_SCALES, TENDENCY_SCALES.values())
+    return out
 
 
 def convects(channels: np.ndarray) -> np.ndarray:
@@ -118,15 +158,32 @@ def convects(channels: np.ndarray) -> np.ndarray:
     return (channels[:, DEEP, 0] + channels[:, SHALLOW, 0]) > 0
 
 
-def layout(downdraft: bool = False) -> str:
+def kind(col: np.ndarray) -> np.ndarray:
+    """The kind of convection (0 none, 1 shallow, 2 deep) of each column, from ``diagnose``."""
+    return col[:, COLUMN_FIELDS.index("kind")]
+
+
+def layout(groups=()) -> str:
     """The channel layout, as exported models record it (JSON)."""
     names = list(LEVEL_FIELDS[:N_UPDRAFT_LEVEL]) + list(COLUMN_CHANNELS)
-    if downdraft:
-        names += list(LEVEL_FIELDS[N_UPDRAFT_LEVEL:]) + list(DOWNDRAFT_COLUMN_CHANNELS)
-    return json.dumps({"channels": names, "level_scales": LEVEL_SCALES})
+    for group in _groups(groups):
+        names += list(GROUPS[group])
+    scales = {"level_scales": LEVEL_SCALES}
+    if "tendencies" in groups:
+        scales["tendency_scales"] = list(TENDENCY_SCALES.values())
+    return json.dumps({"channels": names} | scales)
 
 
-def with_channels(inputs: dict, downdraft: bool = False) -> dict:
+def groups_of(recorded: str | None) -> tuple | None:
+    """The channel groups of a recorded layout, None if it is not one this module makes."""
+    for n in range(len(GROUPS) + 1):
+        for groups in itertools.combinations(GROUPS, n):
+            if recorded == layout(groups):
+                return groups
+    return None
+
+
+def with_channels(inputs: dict, groups=()) -> dict:
     """``inputs`` with the UPDRAFT input added: numpy arrays, or torch tensors (the kernel runs
     on the CPU; the channels go to the inputs' device, without gradient)."""
     first = inputs["T_PHY"]
@@ -134,5 +191,5 @@ def with_channels(inputs: dict, downdraft: bool = False) -> dict:
         import torch
 
         arrays = {k: inputs[k].detach().cpu().numpy() for k in LEVEL_INPUTS + SURFACE_INPUTS}
-        return inputs | {INPUT: torch.from_numpy(channels(arrays, downdraft)).to(first.device)}
-    return inputs | {INPUT: channels(inputs, downdraft)}
+        return inputs | {INPUT: torch.from_numpy(channels(arrays, groups)).to(first.device)}
+    return inputs | {INPUT: channels(inputs, groups)}

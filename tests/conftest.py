@@ -83,8 +83,9 @@ def onnx_model_two_stage(synthetic_store, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def onnx_model_updraft(synthetic_store, tmp_path_factory):
-    """The same with MSKF's updraft and downdraft as input and the updraft as the trigger (the
-    runtime's updraft path)."""
+    """The same with MSKF's updraft, downdraft and the drafts' initial tendencies as input,
+    scaled by a closure factor, and the updraft as the trigger (the runtime's updraft path)."""
     return _tiny_onnx(synthetic_store, tmp_path_factory, "model.updraft_features=true",
                       "model.updraft_trigger=true", "model.trigger_hidden=0",
-                      "model.downdraft_features=true")
+                      "model.downdraft_features=true", "model.tendency_features=true",
+                      "model.closure_factor=true")

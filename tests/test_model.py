@@ -138,7 +138,8 @@ def test_inconsistent_physics_settings_are_refused(synthetic_store):
     stats = json.loads(store.path("stats.json").read_text())
     contract = default_contract().with_levels(store.contract().n_levels)
     for bad in (dict(advective_nca=True), dict(core_top_margin=2), dict(updraft_trigger=True),
-                dict(downdraft_features=True),
+                dict(downdraft_features=True), dict(tendency_features=True), dict(closure_factor=True),
+                dict(updraft_features=True, closure_factor=True),
                 dict(level_targets=["PRATEC", "RTHCUTEN"]), dict(log_targets=["CUBOT"], level_targets=["CUBOT"])):
         with pytest.raises(ValueError):
             CumulusLSTM(contract, stats, ModelConfig(**bad))
@@ -188,15 +189,17 @@ def test_updraft_channels_feed_the_network_and_decide_the_trigger(oracle_files, 
     kind = kind[:512]
     contract = default_contract().with_levels(store.contract().n_levels)
     cfg = ModelConfig(hidden=8, layers=1, column_hidden=8, updraft_features=True, updraft_trigger=True,
-                      downdraft_features=True)
+                      downdraft_features=True, tendency_features=True)
     torch.manual_seed(0)
     model = CumulusLSTM(contract, stats, cfg).eval()
     plain = CumulusLSTM(contract, stats, dataclasses.replace(cfg, updraft_features=False,
                                                              updraft_trigger=False,
-                                                             downdraft_features=False))
-    assert model.features.channels == plain.features.channels + kf.CHANNELS + kf.DOWNDRAFT_CHANNELS
+                                                             downdraft_features=False,
+                                                             tendency_features=False))
+    assert model.updraft_groups == ("downdraft", "tendencies")
+    assert model.features.channels == plain.features.channels + kf.n_channels(model.updraft_groups)
     assert model.extra_inputs == [kf.INPUT] and plain.extra_inputs == []
-    given = kf.with_channels(columns, downdraft=True)
+    given = kf.with_channels(columns, model.updraft_groups)
     with torch.no_grad():
         out = model(columns)
         np.testing.assert_array_equal(out["RTHCUTEN"].numpy(), model(given)["RTHCUTEN"].numpy())
@@ -207,3 +210,37 @@ def test_updraft_channels_feed_the_network_and_decide_the_trigger(oracle_files, 
     np.testing.assert_array_equal(fires, kf.convects(given[kf.INPUT].numpy()))
     assert (fires == (kind > 0)).mean() > 0.995
     assert not any(p.requires_grad and "trigger" in n for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("normalisation", ["zscore", "std"])
+def test_closure_factor_scales_the_drafts_initial_tendencies(oracle_files, synthetic_store, normalisation):
+    """With closure_factor, RTHCUTEN and RQVCUTEN are the column head's factor times the
+    kernel's initial tendencies plus the per-level head: with the per-level head silenced and
+    the factors set, the outputs are exactly factor x initial tendency (plus the zero point)."""
+    store = Store(synthetic_store)
+    stats = json.loads(store.path("stats.json").read_text())
+    columns, kind, _ = _oracle_columns([p for p in oracle_files if p.name.endswith("09km_01.nc")][0])
+    columns = {k: v[:256] for k, v in columns.items()}
+    contract = default_contract().with_levels(store.contract().n_levels)
+    cfg = ModelConfig(hidden=8, layers=1, column_hidden=8, updraft_features=True, updraft_trigger=True,
+                      tendency_features=True, closure_factor=True, target_normalisation=normalisation)
+    model = CumulusLSTM(contract, stats, cfg).eval()
+    factors = {"RTHCUTEN": 2.5, "RQVCUTEN": 4.0}
+    with torch.no_grad():
+        model.level_head.weight.zero_()
+        model.level_head.bias.zero_()
+        last = model.column_head[-1]
+        last.weight[-2:].zero_()
+        last.bias[-2:] = torch.tensor(list(factors.values()))
+        given = kf.with_channels(columns, model.updraft_groups)
+        out = model.physical(model(given), given)
+        zero = model.physical(model(given | {kf.INPUT: torch.zeros_like(given[kf.INPUT])}), given)
+    lev, _ = kf.diagnose(columns)
+    convects = kf.convects(given[kf.INPUT].numpy())
+    assert convects.sum() > 50
+    for channel, name in kf.TENDENCY_OUTPUTS.items():
+        assert kf.TENDENCY_OUTPUTS[channel] == name and name in factors
+        initial = lev[:, kf.LEVEL_FIELDS.index(channel), :model.n_core]
+        added = (out[name] - zero[name]).numpy()[:, :model.n_core]
+        np.testing.assert_allclose(added[convects], factors[name] * initial[convects],
+                                   rtol=1e-4, atol=1e-6 * np.abs(initial).max())

@@ -155,7 +155,7 @@ def test_tile_matches_the_model_on_columns_and_leaves_halos_alone(onnx_model, on
         names = rt.contract.output_names
         feed = {k: np.ascontiguousarray(cols[k], np.float32) for k in rt.contract.input_names}
         if rt.updraft:
-            feed[kf.INPUT] = kf.channels(cols, rt.downdraft)
+            feed[kf.INPUT] = kf.channels(cols, rt.updraft_groups)
         reference = dict(zip(names, whole.run(names, feed)))
         staged = rt.predict_columns(cols)
         for name in names:
@@ -164,14 +164,15 @@ def test_tile_matches_the_model_on_columns_and_leaves_halos_alone(onnx_model, on
 
 def test_updraft_trigger_runs_the_network_where_the_kernel_finds_a_cloud(onnx_model_updraft, frame):
     rt = runtime(onnx_model_updraft, trigger_threshold=0.0)  # the threshold plays no part
-    assert rt.updraft and rt.updraft_trigger and rt.downdraft and rt.trigger_session is None
+    assert rt.updraft and rt.updraft_trigger and rt.trigger_session is None
+    assert rt.updraft_groups == ("downdraft", "tendencies")
     meta = {p.key: p.value for p in onnx.load(str(onnx_model_updraft)).metadata_props}
     assert meta["mlcu.trigger_stage"] == "updraft"
-    assert meta["mlcu.updraft"] == kf.layout(downdraft=True)
+    assert meta["mlcu.updraft"] == kf.layout(rt.updraft_groups)
     arrays, bounds = tile_arrays(rt, frame)
     cols = tile_columns(rt, {k: v.copy() for k, v in arrays.items()}, frame)
     counts = run(rt, arrays, bounds, frame)
-    fires = kf.convects(kf.channels(cols, downdraft=True))
+    fires = kf.convects(kf.channels(cols))
     assert 0 < counts["triggered"] == fires.sum() < 120
     assert (inner(arrays["CUBOT"]).T.ravel()[~fires] == 45).all()  # reset: CUBOT = KTE + 1
     tendency = inner(arrays["RTHCUTEN"])[:, :44, :].transpose(2, 0, 1).reshape(120, 44)
