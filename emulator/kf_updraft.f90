@@ -37,7 +37,7 @@ module kf_updraft
   public :: updraft_column, build_tables, N_LEVEL_FIELDS, N_COLUMN_FIELDS
 
   ! Output layout (emulator/updraft.py names them).
-  integer, parameter :: N_LEVEL_FIELDS = 14, N_COLUMN_FIELDS = 18
+  integer, parameter :: N_LEVEL_FIELDS = 15, N_COLUMN_FIELDS = 18
 
   ! WRF's constants as the scheme receives them
   real, parameter :: g = 9.81, rd = 287.0, cp = 1004.5, xlv0 = 3.15e6, xlv1 = 2370.
@@ -421,34 +421,37 @@ contains
     ddr(lfs + 1:) = 0.
   end subroutine
 
-  ! The tendencies of theta, vapour and detrained condensate (per second) that the drafts
+  ! The tendencies of theta, vapour, and detrained liquid and ice (per second) that the drafts
   ! (mass fluxes in kg/s; gdxsq = g / DX**2) give at the start of MSKF's closure: detrainment of
   ! updraft and downdraft air, entrainment of environmental air, and the compensating
   ! environmental motion that conserves mass, in the scheme's upstream flux form. MSKF
   ! integrates the same equations over its time scale and scales the drafts until 90 % of the
   ! buoyant energy is gone; this is their first step, before that scaling. Levels above ltop
   ! are zero.
-  subroutine initial_tendencies(nz, ltop, t, p, q0, dp, tu, qdt, condensate, dilfrc, uer, udr, &
-                                der, ddr, thetad, qd, gdxsq, dthdt, dqdt, dqcdt)
+  subroutine initial_tendencies(nz, ltop, t, p, q0, dp, tu, qdt, qliq, qice, dilfrc, uer, udr, &
+                                der, ddr, thetad, qd, gdxsq, dthdt, dqdt, dqldt, dqidt)
     integer, intent(in) :: nz, ltop
-    real, intent(in), dimension(nz) :: t, p, q0, dp, tu, qdt, condensate, dilfrc, uer, udr, der, &
+    real, intent(in), dimension(nz) :: t, p, q0, dp, tu, qdt, qliq, qice, dilfrc, uer, udr, der, &
                                        ddr, thetad, qd
     real, intent(in) :: gdxsq
-    real, intent(out), dimension(nz) :: dthdt, dqdt, dqcdt
+    real, intent(out), dimension(nz) :: dthdt, dqdt, dqldt, dqidt
     real, dimension(nz) :: theta0, thetau, net_up
     real :: flux, th_flux, q_flux
     integer :: nk
 
     dthdt = 0.
     dqdt = 0.
-    dqcdt = 0.
+    dqldt = 0.
+    dqidt = 0.
     do nk = 1, ltop
       theta0(nk) = t(nk) * (1.e5 / p(nk))**(0.2854 * (1. - 0.28 * q0(nk)))
       thetau(nk) = tu(nk) * (1.e5 / p(nk))**(0.2854 * (1. - 0.28 * qdt(nk)))
       net_up(nk) = uer(nk) - der(nk) - udr(nk) - ddr(nk)   ! net inflow into the drafts
       dthdt(nk) = udr(nk) * thetau(nk) + ddr(nk) * thetad(nk) - (uer(nk) - der(nk)) * theta0(nk)
       dqdt(nk) = udr(nk) * qdt(nk) + ddr(nk) * qd(nk) - (uer(nk) - der(nk)) * q0(nk)
-      dqcdt(nk) = udr(nk) * condensate(nk) * dilfrc(nk)
+      ! (the updraft's condensate before its dilution at this level, as it detrains)
+      dqldt(nk) = udr(nk) * qliq(nk) * dilfrc(nk)
+      dqidt(nk) = udr(nk) * qice(nk) * dilfrc(nk)
     end do
     ! The environment moves down (flux > 0) or up through the interface below each level,
     ! carrying the values of the level it leaves.
@@ -469,15 +472,16 @@ contains
     end do
     dthdt(:ltop) = dthdt(:ltop) * gdxsq / dp(:ltop)
     dqdt(:ltop) = dqdt(:ltop) * gdxsq / dp(:ltop)
-    dqcdt(:ltop) = dqcdt(:ltop) * gdxsq / dp(:ltop)
+    dqldt(:ltop) = dqldt(:ltop) * gdxsq / dp(:ltop)
+    dqidt(:ltop) = dqidt(:ltop) * gdxsq / dp(:ltop)
   end subroutine
 
   ! One column (after build_tables). lev(:, f): mass flux, entrainment and detrainment per
   ! unit cloud-base mass flux, updraft virtual-temperature excess (K), condensate (kg/kg),
   ! precipitation production per unit cloud-base mass flux, vertical velocity (m/s), 1 in
   ! cloud (LCL to top); the downdraft's mass flux, entrainment and detrainment per unit
-  ! cloud-base updraft mass flux; the initial tendencies of theta (K/s), vapour and detrained
-  ! condensate (kg/kg/s). col: kind (0 none, 1 shallow, 2 deep), LCL level, top level,
+  ! cloud-base updraft mass flux; the initial tendencies of theta (K/s), vapour, and detrained
+  ! liquid and ice (kg/kg/s). col: kind (0 none, 1 shallow, 2 deep), LCL level, top level,
   ! equilibrium level, source-layer base level, LCL height (m), cloud depth (m), CHMIN (m),
   ! dilute buoyant energy (J/kg), time scale (s, before rounding to steps), advective time
   ! (s), sub-cloud velocity scale (m/s), precipitation efficiency, source-layer depth (Pa),
@@ -883,8 +887,9 @@ contains
     lev(:, 9) = dmf / vmflcl
     lev(:, 10) = der / vmflcl
     lev(:, 11) = ddr / vmflcl
-    call initial_tendencies(nz, ltop, t, p, q0, dp, tu, qdt, qliq + qice, dilfrc, uer, udr, der, &
-                            ddr, thetad, qd, g / (dx * dx), lev(:, 12), lev(:, 13), lev(:, 14))
+    call initial_tendencies(nz, ltop, t, p, q0, dp, tu, qdt, qliq, qice, dilfrc, uer, udr, der, &
+                            ddr, thetad, qd, g / (dx * dx), lev(:, 12), lev(:, 13), lev(:, 14), &
+                            lev(:, 15))
 
     col = [real(kind), real(klcl), real(ltop), real(let), real(lc), zlcl, cldhgt(lc), chmin, &
            abe, timec, tadvec, sclvel, peff, dpthmx, real(lfs), real(ldb), trppt / vmflcl, &

@@ -18,10 +18,10 @@ Physics the network need not learn (each switched on in the model settings):
   predicted CUBOT (= the LCL level) instead of being learned;
 * ``updraft_trigger``: TRIGGER is MSKF's own decision, the deep or shallow cloud that its
   updraft finds (``emulator.updraft``, with ``updraft_features``), not a learned one;
-* ``closure_factor``: MSKF's theta and vapour tendencies are the drafts' initial tendencies
-  (``tendency_features``) scaled by its closure and reshaped by its time integration; the
-  column head predicts one factor per variable, and the factor times the initial tendency is
-  added to the per-level head's output, which learns the rest;
+* ``closure_factor``: MSKF's theta, vapour and cloud-water tendencies are the drafts' initial
+  tendencies (``tendency_features``) scaled by its closure and reshaped by its time
+  integration; the column head predicts one factor per variable, and the factor times the
+  initial tendency is added to the per-level head's output, which learns the rest;
 * ``core_top_margin``: MSKF's outputs are zero above the cloud top, so the recurrent core runs
   only up to the highest CUTOP of the training data plus this many levels, and every level
   output above the predicted CUTOP is zero.
@@ -79,8 +79,8 @@ class ModelConfig:
     # The tendencies the drafts give before MSKF's closure scales them (emulator.updraft), as
     # more input channels (needs updraft_features).
     tendency_features: bool = False
-    # RTHCUTEN and RQVCUTEN are a predicted per-column factor times those initial tendencies
-    # plus the per-level head's output (needs tendency_features).
+    # RTHCUTEN, RQVCUTEN and RQCCUTEN are a predicted per-column factor times those initial
+    # tendencies plus the per-level head's output (needs tendency_features).
     closure_factor: bool = False
     column_hidden: int = 64
     # 0: the trigger comes from the Bi-LSTM's column head. > 0: from a separate MLP with this

@@ -16,12 +16,13 @@ precipitation efficiency, source-layer depth (100 hPa) and the sub-cloud velocit
 With ``downdraft``, five more: the downdraft's mass flux, entrainment and detrainment per unit
 cloud-base updraft mass flux per level, and per column the fraction of the precipitation it
 evaporates and the updraft's total precipitation production (kg/kg per unit mass flux x 100).
-With ``tendencies``, three more per level: the tendencies of theta, vapour and detrained
-condensate that the drafts give at the start of MSKF's closure (before it scales them), in
-the scheme's flux form (K per 1000 s, g/kg per 10,000 s). Up to that scaling and the nonlinearity of the
-closure's time integration they are the scheme's own tendency profiles: on the oracle
-validation files a per-column scale fits RQVCUTEN's profiles of deep and shallow columns with
-R2 0.94-0.95.
+With ``tendencies``, four more per level: the tendencies of theta, vapour, and detrained
+liquid and ice that the drafts give at the start of MSKF's closure (before it scales them),
+in the scheme's flux form (K per 1000 s, g/kg per 10,000 s). Up to that scaling and the
+nonlinearity of the closure's time integration they are the scheme's own tendency profiles:
+on the oracle validation files a per-column scale fits the profiles of RQVCUTEN with R2
+0.94-0.95, RQCCUTEN 0.92-0.96, RTHCUTEN 0.60-0.63 and RQICUTEN only 0.28-0.43 (MSKF's ice
+tendency is not mainly detrainment).
 Every channel is zero in a column without convection. The same function serves training,
 export and the runtime.
 """
@@ -37,7 +38,7 @@ import numpy as np
 LEVEL_FIELDS = ("mass_flux", "entrainment", "detrainment", "buoyancy", "condensate",
                 "precipitation", "velocity", "in_cloud", "downdraft_mass_flux",
                 "downdraft_entrainment", "downdraft_detrainment", "heating", "moistening",
-                "detrained_condensate")
+                "detrained_liquid", "detrained_ice")
 COLUMN_FIELDS = ("kind", "lcl_level", "top_level", "equilibrium_level", "source_level",
                  "lcl_height", "cloud_depth", "min_cloud_depth", "buoyant_energy", "time_scale",
                  "advective_time", "subcloud_velocity", "precipitation_efficiency",
@@ -52,9 +53,10 @@ COLUMN_CHANNELS = ("deep", "shallow", "ln_time_scale", "buoyant_energy", "cloud_
                    "lcl_height", "precipitation_efficiency", "source_depth", "subcloud_velocity")
 DOWNDRAFT_LEVEL = ("downdraft_mass_flux", "downdraft_entrainment", "downdraft_detrainment")
 DOWNDRAFT_COLUMN_CHANNELS = ("evaporated_fraction", "precipitation_production")
-TENDENCY_SCALES = {"heating": 1.0e3, "moistening": 1.0e7, "detrained_condensate": 1.0e7}
+TENDENCY_SCALES = {"heating": 1.0e3, "moistening": 1.0e7, "detrained_liquid": 1.0e7,
+                   "detrained_ice": 1.0e7}
 # The contract outputs whose profiles the initial tendencies give, up to MSKF's closure.
-TENDENCY_OUTPUTS = {"heating": "RTHCUTEN", "moistening": "RQVCUTEN"}
+TENDENCY_OUTPUTS = {"heating": "RTHCUTEN", "moistening": "RQVCUTEN", "detrained_liquid": "RQCCUTEN"}
 GROUPS = {"downdraft": DOWNDRAFT_LEVEL + DOWNDRAFT_COLUMN_CHANNELS,
           "tendencies": tuple(TENDENCY_SCALES)}
 CHANNELS = N_UPDRAFT_LEVEL + len(COLUMN_CHANNELS)

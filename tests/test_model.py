@@ -214,7 +214,7 @@ def test_updraft_channels_feed_the_network_and_decide_the_trigger(oracle_files, 
 
 @pytest.mark.parametrize("normalisation", ["zscore", "std"])
 def test_closure_factor_scales_the_drafts_initial_tendencies(oracle_files, synthetic_store, normalisation):
-    """With closure_factor, RTHCUTEN and RQVCUTEN are the column head's factor times the
+    """With closure_factor, RTHCUTEN, RQVCUTEN and RQCCUTEN are the column head's factor times the
     kernel's initial tendencies plus the per-level head: with the per-level head silenced and
     the factors set, the outputs are exactly factor x initial tendency (plus the zero point)."""
     store = Store(synthetic_store)
@@ -225,21 +225,21 @@ def test_closure_factor_scales_the_drafts_initial_tendencies(oracle_files, synth
     cfg = ModelConfig(hidden=8, layers=1, column_hidden=8, updraft_features=True, updraft_trigger=True,
                       tendency_features=True, closure_factor=True, target_normalisation=normalisation)
     model = CumulusLSTM(contract, stats, cfg).eval()
-    factors = {"RTHCUTEN": 2.5, "RQVCUTEN": 4.0}
+    factors = {"RTHCUTEN": 2.5, "RQVCUTEN": 4.0, "RQCCUTEN": 1.5}
     with torch.no_grad():
         model.level_head.weight.zero_()
         model.level_head.bias.zero_()
         last = model.column_head[-1]
-        last.weight[-2:].zero_()
-        last.bias[-2:] = torch.tensor(list(factors.values()))
+        last.weight[-len(factors):].zero_()
+        last.bias[-len(factors):] = torch.tensor([factors[n] for n in kf.TENDENCY_OUTPUTS.values()])
         given = kf.with_channels(columns, model.updraft_groups)
         out = model.physical(model(given), given)
         zero = model.physical(model(given | {kf.INPUT: torch.zeros_like(given[kf.INPUT])}), given)
     lev, _ = kf.diagnose(columns)
     convects = kf.convects(given[kf.INPUT].numpy())
     assert convects.sum() > 50
+    assert len(model.closure_targets) == len(factors)
     for channel, name in kf.TENDENCY_OUTPUTS.items():
-        assert kf.TENDENCY_OUTPUTS[channel] == name and name in factors
         initial = lev[:, kf.LEVEL_FIELDS.index(channel), :model.n_core]
         added = (out[name] - zero[name]).numpy()[:, :model.n_core]
         np.testing.assert_allclose(added[convects], factors[name] * initial[convects],
