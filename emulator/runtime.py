@@ -316,7 +316,7 @@ class Runtime:
         run = inputs if keep.all() else {k: v[keep] for k, v in inputs.items()}
         if self.updraft_trigger:  # the network only where the updraft kernel finds a cloud
             lev, col = kf.diagnose(run)
-            fires = kf.kind(col) > 0
+            fires = kf.kinds(col) > 0
             needed = [i.name for i in self.session.get_inputs() if i.name != kf.INPUT]
             feed = {k: run[k][fires] for k in needed}
             feed[kf.INPUT] = kf.assemble(lev[fires], col[fires], self.updraft_groups)

@@ -127,7 +127,7 @@ def assemble(lev: np.ndarray, col: np.ndarray, groups=()) -> np.ndarray:
     convects = kind > 0
     at = 0
 
-    def put_levels(names, scales):  # the kernel's level fields, zero where nothing convects
+    def put_levels(names, scales):  # the kernel's level fields (zero where nothing convects)
         nonlocal at
         for name, scale in zip(names, scales):
             np.multiply(lev[:, LEVEL_FIELDS.index(name)], scale, out=out[:, at])
@@ -160,7 +160,7 @@ def convects(channels: np.ndarray) -> np.ndarray:
     return (channels[:, DEEP, 0] + channels[:, SHALLOW, 0]) > 0
 
 
-def kind(col: np.ndarray) -> np.ndarray:
+def kinds(col: np.ndarray) -> np.ndarray:
     """The kind of convection (0 none, 1 shallow, 2 deep) of each column, from ``diagnose``."""
     return col[:, COLUMN_FIELDS.index("kind")]
 
