@@ -12,12 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MLCU_SHARED", REPO.parent / "shared"))
 
 
+def _missing(what: str) -> None:
+    """Fails in CI (MLCU_REQUIRE_SHARED), where everything must be there; skips elsewhere."""
+    if os.environ.get("MLCU_REQUIRE_SHARED"):
+        pytest.fail(what)
+    pytest.skip(what)
+
+
 def _shared(sub: str, pattern: str) -> list[Path]:
     files = sorted((SHARED / "data" / sub).glob(pattern))
     if not files:
-        if os.environ.get("MLCU_REQUIRE_SHARED"):
-            pytest.fail(f"reference data missing: {SHARED / 'data' / sub}/{pattern}")
-        pytest.skip(f"reference data not present at {SHARED / 'data' / sub}")
+        _missing(f"reference data not present: {SHARED / 'data' / sub}/{pattern}")
     return files
 
 
@@ -29,6 +34,18 @@ def oracle_files():
 @pytest.fixture(scope="session")
 def ideal_files():
     return _shared("wrf_ideal", "wrfout_d01_*")
+
+
+@pytest.fixture(scope="session")
+def mskf_program():
+    """WRF's own MSKF_CPS as a standalone program (make mskf-columns WRF_SRC=...; .ci/run
+    builds it from the shared WRF source and sets MLCU_MSKF_COLUMNS)."""
+    from training import mskf
+
+    try:
+        return mskf.program()
+    except mskf.MskfError as err:
+        _missing(str(err))
 
 
 SMALL = dict(nx=12, ny=12, dx=[3000.0, 25000.0], run_minutes=30.0)

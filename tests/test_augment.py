@@ -8,8 +8,6 @@ must reproduce the oracle files bit for bit, and augmented files must go through
 """
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +20,6 @@ from training import mskf
 from training.augment import AugmentConfig, augment, perturb
 
 REPO = Path(__file__).resolve().parents[1]
-WRF_FILES = ("phys/module_cu_mskf.F", "phys/module_cam_shr_kind_mod.F",
-             "phys/module_cam_error_function.F")
 
 
 def _state(path):
@@ -77,25 +73,6 @@ def test_settings_are_checked(tmp_path):
         AugmentConfig.load(None, ["copies=0"], input=["x"], out="y")
     with pytest.raises(mskf.MskfError, match="make mskf-columns"):
         mskf.program(tmp_path / "absent")
-
-
-@pytest.fixture(scope="session")
-def mskf_program(tmp_path_factory):
-    if os.environ.get(mskf.PROGRAM_ENV):
-        return mskf.program()
-    src = os.environ.get("MLCU_WRF_SRC")
-    if not src and os.environ.get("MLCU_WRF_GIT"):
-        src = tmp_path_factory.mktemp("wrf_src")
-        tag = os.environ.get("MLCU_WRF_TAG", "v4.7.1")
-        archive = subprocess.run(["git", "-C", os.environ["MLCU_WRF_GIT"], "archive", tag, *WRF_FILES],
-                                 check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    if not src:
-        pytest.skip("set MLCU_MSKF_COLUMNS, MLCU_WRF_SRC or MLCU_WRF_GIT to run WRF's own MSKF")
-    build = tmp_path_factory.mktemp("mskf_build")
-    subprocess.run(["make", "-C", str(REPO / "training" / "mskf_columns"), f"WRF_SRC={src}",
-                    f"B={build}"], check=True, capture_output=True)
-    return build / "mskf_columns"
 
 
 def test_standalone_mskf_reproduces_the_oracle(oracle_files, mskf_program):

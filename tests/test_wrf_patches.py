@@ -87,6 +87,21 @@ def test_apply_then_revert_restores_the_original_bytes(tree):
     driver = (tree / "phys/module_cumulus_driver.F").read_text()
     assert driver.index("CASE (MLCUSCHEME)") < driver.index("CASE DEFAULT")
     assert "CALL mlcu_cps(" in driver
+    # Where the emulator needs what WRF does for MSKF, MLCUSCHEME joins MSKF's own CASE label
+    # or condition, and the line as it was is kept in the block.
+    tendencies = (tree / "phys/module_physics_addtendc.F").read_text()
+    assert "   CASE (MSKFSCHEME, MLCUSCHEME)!JTR: Separate MSKF for cmt\n" in tendencies
+    assert "! mlcu-patch was:   CASE (MSKFSCHEME)!JTR: Separate MSKF for cmt\n" in tendencies
+    assert "CASE (KFETASCHEME, MSKFSCHEME, MLCUSCHEME, KFCUPSCHEME)!BSINGH" in tendencies
+    init = (tree / "phys/module_physics_init.F").read_text()
+    assert "cu_physics == mskfscheme .OR. config_flags%cu_physics == MLCUSCHEME) THEN" in init
+    assert init.index("CASE (MSKFSCHEME, MLCUSCHEME)") < init.index("CALL mskf_init") \
+        < init.index("CALL mlcu_init") < init.index("CASE DEFAULT")
+    assert "(cu_physics == MLCUSCHEME .AND. mlcu_hybrid)" in driver
+    assert "MSKFSCHEME .or. config_flags%cu_physics == MLCUSCHEME     .or.   &" in \
+        (tree / "dyn_em/module_first_rk_step_part2.F").read_text()
+    assert "cu_physics(i) .EQ. MSKFSCHEME .OR. model_config_rec%cu_physics(i) .EQ. MLCUSCHEME )" \
+        in (tree / "share/module_check_a_mundo.F").read_text()
     postamble = (tree / "arch/postamble").read_text()
     assert "MLCU_BRIDGE_LIB = -L/path/to/bridge -lmlcu_bridge -lpython3.11" in postamble
     assert postamble.index("LIB             =") < postamble.index("LIB += $(MLCU_BRIDGE_LIB)")
@@ -239,7 +254,7 @@ def test_refuses_without_a_version(tree):
 @pytest.mark.parametrize("path, line", [
     ("Registry/Registry.EM_COMMON", "package   mskfscheme"),
     ("main/depend.common", "module_cumulus_driver.o:"),
-    ("phys/module_physics_addtendc.F", "   CASE DEFAULT"),
+    ("phys/module_physics_addtendc.F", "   CASE (KFETASCHEME"),
 ])
 def test_a_missing_anchor_changes_nothing(tree, path, line):
     target = tree / path
@@ -310,6 +325,21 @@ def test_scope_limits_the_search():
     anchor = Anchor((r"CASE DEFAULT",), "before", (r"SUBROUTINE b\b", r"END SUBROUTINE b\b"))
     assert engine.locate(lines, _ins("fortran", anchor)).line == 4
     assert "found 2 times" in engine.locate(lines, _ins("fortran", Anchor((r"CASE DEFAULT",)))).error
+
+
+def test_an_edit_changes_one_line_and_is_undone_exactly():
+    base = ["   SELECT CASE (x)\n", "   CASE (A, B)! note\n", "   END SELECT\n"]
+    edit = Insertion("t", "f", "fortran", Anchor((r"CASE \(A",), "edit"), "", (r"\bB\b", "B, C"))
+    loc = engine.locate(base, edit)
+    out = engine.render(base, [loc])
+    assert out == ["   SELECT CASE (x)\n", "! mlcu-patch begin t\n", "! mlcu-patch was:   CASE (A, B)! note\n",
+                   "   CASE (A, B, C)! note\n", "! mlcu-patch end t\n", "   END SELECT\n"]
+    assert engine.strip_blocks(out) == (base, ["t"])
+    # The pattern must occur in the anchored line exactly once.
+    twice = Insertion("t", "f", "fortran", Anchor((r"CASE \(A",), "edit"), "", (r"\b[AB]\b", "X"))
+    assert "2 times, not once" in engine.locate(base, twice).error
+    with pytest.raises(PatchError, match="damaged"):
+        engine.strip_blocks(out[:2] + [out[2], out[2]] + out[3:])
 
 
 def test_line_ends_are_kept():

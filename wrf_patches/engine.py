@@ -1,17 +1,19 @@
-"""A small engine for anchored, reversible insertions into someone else's source tree.
+"""A small engine for anchored, reversible changes to someone else's source tree.
 
-Every insertion is a block of whole lines of our own, placed before or after a line found by
-regular expressions (identifiers and short patterns, never line numbers), and wrapped in two
-marker comments::
+A change is either an insertion, a block of whole lines of our own placed before or after a
+line found by regular expressions (identifiers and short patterns, never line numbers), or an
+edit of that one line (a pattern in it replaced, e.g. our scheme added to a CASE label). Both
+are wrapped in two marker comments; an edit also keeps the line as it was::
 
-    ! mlcu-patch begin driver-case
-    ...our lines...
-    ! mlcu-patch end driver-case
+    ! mlcu-patch begin driver-case            ! mlcu-patch begin ppt-case
+    ...our lines...                           ! mlcu-patch was:   CASE (KFETASCHEME, MSKFSCHEME)
+    ! mlcu-patch end driver-case                 CASE (KFETASCHEME, MSKFSCHEME, MLCUSCHEME)
+                                              ! mlcu-patch end ppt-case
 
-Removing the marked blocks gives back the original bytes exactly. Applying works on the text
-with all our blocks removed, so applying twice changes nothing and applying with other settings
-replaces our blocks in place. All anchors are located before any file is written: a missing
-anchor leaves the tree untouched.
+Removing the marked blocks (and putting back the lines kept in them) gives back the original
+bytes exactly. Applying works on the text with all our blocks removed, so applying twice
+changes nothing and applying with other settings replaces our blocks in place. All anchors are
+located before any file is written: a missing anchor leaves the tree untouched.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 MARK = "mlcu-patch"
 _MARKER = re.compile(r"^\s*(?:!|#)\s*" + MARK + r" (begin|end) (\S+)\s*$")
+_WAS = re.compile(r"^(?:!|#) " + MARK + r" was:(.*?)(\r?\n)?$", re.DOTALL)
 
 # Comment leader and line-continuation character by kind of file.
 KINDS = {
@@ -47,6 +50,7 @@ class Anchor:
     must match exactly one line of the scope. The block goes ``before`` or ``after`` the line
     matched by the last pattern (after a continued statement, it goes after its last line).
     ``scope`` is a pair of patterns bounding the region searched (for example one subroutine).
+    With ``where = "edit"`` the matched line itself is changed (``Insertion.edit``).
     """
 
     patterns: tuple[str, ...]
@@ -67,12 +71,17 @@ class Insertion:
     kind: str          # a key of KINDS
     anchor: Anchor
     text: str          # our lines, without markers; each ends with a newline
+    # For an edit (anchor.where == "edit"): (pattern, replacement) for re.sub on the anchored
+    # line; the pattern must occur in it exactly once.
+    edit: tuple[str, str] | None = None
 
 
 @dataclass
 class Located:
     insertion: Insertion
-    line: int | None = None        # 0-based index of the line the block goes before
+    line: int | None = None        # 0-based index of the line the block goes before (an
+                                   # edit: of the line it replaces)
+    edited: str = ""               # an edit: the new line, without its line end
     anchor_line: str = ""          # the line matched by the last pattern, and its index
     anchor_index: int = -1
     first_line: str = ""           # the line matched by the first pattern, and its index
@@ -103,13 +112,14 @@ def sha256_file(path: Path) -> str:
 
 
 def strip_blocks(lines: list[str], path: str = "") -> tuple[list[str], list[str]]:
-    """The lines without our marked blocks, and the names of the blocks removed."""
-    out, names, open_name = [], [], None
+    """The lines without our marked blocks (an edited line as it was), and the names of the
+    blocks removed."""
+    out, names, open_name, was = [], [], None, None
     for number, line in enumerate(lines, 1):
         m = _MARKER.match(line)
         if open_name is None:
             if m and m.group(1) == "begin":
-                open_name = m.group(2)
+                open_name, was = m.group(2), None
             elif m:
                 raise PatchError(f"{path}:{number}: '{MARK} end' without a begin marker")
             else:
@@ -117,8 +127,15 @@ def strip_blocks(lines: list[str], path: str = "") -> tuple[list[str], list[str]
         elif m:
             if m.group(1) == "begin" or m.group(2) != open_name:
                 raise PatchError(f"{path}:{number}: damaged {MARK} block {open_name!r}")
+            if was is not None:
+                out.append(was)
             names.append(open_name)
             open_name = None
+        elif _WAS.match(line):
+            if was is not None:
+                raise PatchError(f"{path}:{number}: damaged {MARK} block {open_name!r}")
+            kept = _WAS.match(line)
+            was = kept.group(1) + (kept.group(2) or "")
     if open_name is not None:
         raise PatchError(f"{path}: {MARK} block {open_name!r} has no end marker")
     return out, names
@@ -174,6 +191,16 @@ def locate(lines: list[str], ins: Insertion) -> Located:
         while at < hi - 1 and _continues(lines[at], ins.kind):
             at += 1
         position = at + 1
+    elif anchor.where == "edit":
+        text = lines[at].rstrip("\r\n")
+        pattern, replacement = ins.edit
+        hits = len(re.findall(pattern, text, flags))
+        if hits != 1:
+            return Located(ins, error=f"line {at + 1} holds the edited pattern {pattern!r} "
+                                      f"{hits} times, not once")
+        return Located(ins, line=at, edited=re.sub(pattern, replacement, text, flags=flags),
+                       anchor_line=anchor_line.strip(), anchor_index=anchor_at,
+                       first_line=lines[first_at].strip(), first_index=first_at)
     elif anchor.where == "before":
         if at > 0 and _continues(lines[at - 1], ins.kind):
             return Located(ins, error=f"line {at + 1} continues a statement; refusing to "
@@ -194,28 +221,41 @@ def newline_of(lines: list[str]) -> str:
     return "\n"
 
 
-def block_lines(ins: Insertion, newline: str) -> list[str]:
+def block_lines(loc: Located, newline: str, original: str = "") -> list[str]:
+    """The marked block of an insertion, or of an edit of the line ``original``."""
+    ins = loc.insertion
     leader = KINDS[ins.kind][0]
-    body = [line + newline for line in ins.text.splitlines()]
+    if ins.anchor.where == "edit":
+        body = [f"{leader} {MARK} was:{original.rstrip(chr(13) + chr(10))}{newline}",
+                loc.edited + newline]
+    else:
+        body = [line + newline for line in ins.text.splitlines()]
     return ([f"{leader} {MARK} begin {ins.name}{newline}"] + body
             + [f"{leader} {MARK} end {ins.name}{newline}"])
 
 
 def render(base: list[str], located: list[Located]) -> list[str]:
-    """``base`` with the blocks inserted (all must be located)."""
+    """``base`` with the blocks inserted and the edited lines replaced (all must be
+    located)."""
     newline = newline_of(base)
+    inserts = [loc for loc in located if loc.insertion.anchor.where != "edit"]
+    edits = {loc.line: loc for loc in located if loc.insertion.anchor.where == "edit"}
+    if len(edits) < len(located) - len(inserts):
+        raise PatchError(f"{located[0].insertion.path}: two edits of one line")
     if base and not base[-1].endswith(("\n", "\r")):
-        if any(loc.line == len(base) for loc in located):
-            raise PatchError(f"{located[0].insertion.path}: cannot append after a last line "
-                             "without a line end")
+        if any(loc.line == len(base) for loc in inserts) or len(base) - 1 in edits:
+            raise PatchError(f"{located[0].insertion.path}: cannot change or append after a "
+                             "last line without a line end")
     by_line: dict[int, list[Located]] = {}
-    for loc in located:
+    for loc in inserts:
         by_line.setdefault(loc.line, []).append(loc)
     out: list[str] = []
     for i in range(len(base) + 1):
         for loc in by_line.get(i, []):
-            out.extend(block_lines(loc.insertion, newline))
-        if i < len(base):
+            out.extend(block_lines(loc, newline))
+        if i in edits:
+            out.extend(block_lines(edits[i], newline, base[i]))
+        elif i < len(base):
             out.append(base[i])
     return out
 

@@ -1,8 +1,10 @@
 """The mlcu cumulus option for a WRF 4.x source tree: what goes where, and apply/revert/check.
 
-Every place a new cumulus option touches (see wrf_patches/README.md) gets one block of our own
-code from ``fragments/``, placed by an anchor made of WRF identifiers; ``files/`` holds the
-files added whole (the WRF side of the bridge). A manifest in the tree records what was applied.
+Every place a new cumulus option touches (see wrf_patches/README.md) gets either a block of our
+own code from ``fragments/``, placed by an anchor made of WRF identifiers, or, where the
+emulator needs exactly what WRF does for MSKF, an edit adding ``MLCUSCHEME`` to the CASE label
+or condition of that one line. ``files/`` holds the files added whole (the WRF side of the
+bridge). A manifest in the tree records what was applied.
 """
 
 from __future__ import annotations
@@ -69,7 +71,16 @@ CASE_DEFAULT = r"^\s*CASE\s+DEFAULT\b"
 SELECT_CPS = r"^\s*cps_select\s*:\s*SELECT\s+CASE\b"
 END_IF = r"^\s*END\s*IF\b"
 
-# (block name, file, kind of file, anchor, fragment)
+MSKF_CASE = r"^\s*CASE\s*\(\s*MSKFSCHEME\s*\)"
+
+
+def _add_to_case_label() -> tuple[str, str]:
+    """An edit adding our scheme to a CASE label that holds MSKF's: where WRF does for
+    MSKF exactly what the emulator needs, it does it for both."""
+    return (r"\bMSKFSCHEME\b", "MSKFSCHEME, MLCUSCHEME")
+
+
+# (block name, file, kind of file, anchor, fragment file or (pattern, replacement) of an edit)
 PLACES = (
     ("registry-package", "Registry/Registry.EM_COMMON", "registry",
      Anchor((r"^package\s+mskfscheme\s",), "after"), "registry-package.reg"),
@@ -78,27 +89,40 @@ PLACES = (
     ("driver-use", "phys/module_cumulus_driver.F", "fortran",
      Anchor((r"^\s*USE\s+module_cu_kfeta\b",), "before", _subroutine("cumulus_driver")),
      "driver-use.F"),
+    # Hybrid mode calls MSKF: the halo WRF exchanges before MSKF.
     ("driver-halo", "phys/module_cumulus_driver.F", "fortran",
-     Anchor((r'^#\s*include\s+"HALO_CUP_G3_IN\.inc"', END_IF), "after",
-            _subroutine("cumulus_driver")), "driver-halo.F"),
+     Anchor((r"cu_physics\s*==\s*MSKFSCHEME\s*\)\s*THEN",), "edit",
+            _subroutine("cumulus_driver")),
+     (r"(cu_physics\s*==\s*MSKFSCHEME)", r"\1 .OR. (cu_physics == MLCUSCHEME .AND. mlcu_hybrid)")),
     ("driver-case", "phys/module_cumulus_driver.F", "fortran",
      Anchor((SELECT_CPS, CASE_DEFAULT), "before", _subroutine("cumulus_driver")),
      "driver-case.F"),
     ("init-use", "phys/module_physics_init.F", "fortran",
      Anchor((r"^\s*USE\s+module_cu_kfeta\b",), "before", _subroutine("cu_init")),
      "init-use.F"),
+    # cu_init: MSKF's initialisation as WRF makes it, then the emulator's.
     ("init-case", "phys/module_physics_init.F", "fortran",
-     Anchor((SELECT_CPS, CASE_DEFAULT), "before", _subroutine("cu_init")), "init-case.F"),
+     Anchor((SELECT_CPS, MSKF_CASE), "edit", _subroutine("cu_init")), _add_to_case_label()),
+    ("init-emulator", "phys/module_physics_init.F", "fortran",
+     Anchor((SELECT_CPS, MSKF_CASE, r"^\s*CALL\s+mskf_init\b"), "after", _subroutine("cu_init")),
+     "init-emulator.F"),
     ("init-icloud", "phys/module_physics_init.F", "fortran",
-     Anchor((r"cu_physics\s*==\s*mskfscheme\b", END_IF), "after", _subroutine("phy_init")),
-     "init-icloud.F"),
+     Anchor((r"cu_physics\s*==\s*mskfscheme\b",), "edit", _subroutine("phy_init")),
+     (r"(cu_physics\s*==\s*mskfscheme)\b", r"\1 .OR. config_flags%cu_physics == MLCUSCHEME")),
     ("cuten-case", "phys/module_physics_addtendc.F", "fortran",
-     Anchor((r"^\s*CASE\s*\(\s*MSKFSCHEME\s*\)",), "before", _subroutine("phy_cu_ten")),
-     "cuten-case.F"),
+     Anchor((MSKF_CASE,), "edit", _subroutine("phy_cu_ten")), _add_to_case_label()),
     ("ppt-case", "phys/module_physics_addtendc.F", "fortran",
-     Anchor((CASE_DEFAULT,), "before", _subroutine("advance_ppt")), "ppt-case.F"),
+     Anchor((r"^\s*CASE\s*\(.*\bMSKFSCHEME\b",), "edit", _subroutine("advance_ppt")),
+     _add_to_case_label()),
     ("rk-halo", "dyn_em/module_first_rk_step_part2.F", "fortran",
-     Anchor((r'^#\s*include\s+"HALO_EM_PHYS_CU\.inc"', END_IF), "after"), "rk-halo.F"),
+     Anchor((r"config_flags%cu_physics\s*==\s*MSKFSCHEME\b.*\.or\.",), "edit"),
+     (r"(config_flags%cu_physics\s*==\s*MSKFSCHEME)\b",
+      r"\1 .or. config_flags%cu_physics == MLCUSCHEME")),
+    ("check-a-mundo-mskf", "share/module_check_a_mundo.F", "fortran",
+     Anchor((r"^\s*IF\s*\(\s*model_config_rec%cu_physics\(i\)\s*\.EQ\.\s*MSKFSCHEME\s*\)\s*THEN",),
+            "edit", _subroutine("check_nml_consistency")),
+     (r"(model_config_rec%cu_physics\(i\)\s*\.EQ\.\s*MSKFSCHEME)",
+      r"\1 .OR. model_config_rec%cu_physics(i) .EQ. MLCUSCHEME")),
     ("check-a-mundo", "share/module_check_a_mundo.F", "fortran",
      Anchor((r"model_config_rec\s*%\s*cu_used\s*=\s*0\b",), "before",
             _subroutine("check_nml_consistency")), "check-a-mundo.F"),
@@ -311,6 +335,9 @@ def insertions(cu_id: int, flags: BridgeFlags, paths: set[str] | None = None) ->
     out = []
     for name, path, kind, anchor, fragment in PLACES:
         if paths is not None and path not in paths:
+            continue
+        if isinstance(fragment, tuple):  # an edit of the anchored line
+            out.append(Insertion(name, path, kind, anchor, "", fragment))
             continue
         if fragment == "cmake-link.cmake" and not flags.available:
             fragment = "cmake-link-missing.cmake"
