@@ -40,7 +40,7 @@ HALO = 3
 
 
 def build_model(files, tmp: Path) -> Path:
-    from emulator.export import export
+    from training.export import export
     from training.prepare import PrepareConfig, prepare
     from training.train import TrainConfig, train
 

@@ -5,12 +5,13 @@
   parameters, FLOPs per column, the FLOP-bound estimate in us per column, and measured us per
   column for ONNX Runtime and PyTorch eager versus batch size and threads;
 * ``runtime_call``: for each trained model given with ``--model``: the full runtime call
-  (W0AVG update, input checks, features, trigger, recurrent core on triggered columns,
-  constraints) over every column of the oracle files, one 64 x 64 tile per file, one thread;
-  in us per column of the fastest of several calls per file (all of it, inside ONNX Runtime,
-  in MSKF's updraft kernel, and the runtime's other work; also the median call) and as a
-  multiple of WRF's MSKF (about 30 us per column on this machine type, single thread, over
-  the same files);
+  (W0AVG update, input checks, the convection kernel, the network on the columns that
+  convect, constraints) over every column of the oracle files (and with ``--ideal`` of the
+  ``wrf_ideal`` run's history times), one tile per file or time, one thread, every column
+  evaluated; in us per column of the fastest of several calls per file (all of it, inside
+  ONNX Runtime, in the convection kernel and its channels, and the runtime's other work; also
+  the median call) and as a multiple of WRF's MSKF (about 30 us per column on this machine
+  type, single thread, over the oracle files);
 * ``mskf_call``: where the mskf_columns program is built (``make mskf-columns``), WRF's own
   MSKF_CPS on the same tiles (every column evaluated), timed in the same rounds as the runtime
   calls, file by file in turn, so that the ratio ``x_mskf_measured`` compares calls made under
@@ -32,7 +33,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 MSKF_US_PER_COLUMN = 30.0
-CONFIGS = ("train.yaml", "seed-baseline.yaml", "fast.yaml")
+CONFIGS = ("train.yaml", "seed-baseline.yaml")
 
 
 def timed(fn, min_seconds=1.0) -> float:
@@ -60,16 +61,19 @@ def random_run(config: Path, store, out: Path) -> Path:
 
 
 def inference(run: Path, store, peak: float, batches, threads, seconds) -> dict:
-    from emulator.export import export
+    from emulator import features as ft
     from emulator.model import count_parameters, flops_per_column
     from emulator.runtime import Runtime
     from training.data import ColumnBatches
+    from training.export import export
     from training.train import build_model
 
     export(run, run / "model.onnx")
     model = build_model(run)
     columns = next(iter(ColumnBatches(store, "validation", store.contract(), max(batches), shuffle=False)))
-    flops = flops_per_column(model)
+    if model.kernel:  # the network's own cost: its kernel channels computed once, beforehand
+        columns = ft.with_kernel(columns)
+    flops = flops_per_column(model, columns["T_PHY"].shape[1])
     row = {"bench": "inference", "config": run.name, "parameters": count_parameters(model),
            "mflop_per_column": flops / 1e6, "flop_bound_us_per_column": flops / (peak * 1e3),
            "onnxruntime_us_per_column": {}, "pytorch_us_per_column": {}}
@@ -77,11 +81,11 @@ def inference(run: Path, store, peak: float, batches, threads, seconds) -> dict:
         rt = Runtime.from_options({"model": str(run / "model.onnx"), "threads": t})
         torch.set_num_threads(t)
         for n in batches:
-            feed = {k: columns[k][:n].numpy() for k in rt.contract.input_names}
+            feed = {k: columns[k][:n].numpy() for k in rt.graph_inputs}
             rt.options.batch_columns = n
             row["onnxruntime_us_per_column"][f"threads={t},batch={n}"] = \
-                timed(lambda: rt.predict_columns(feed), seconds) / n * 1e6
-            batch = {k: columns[k][:n] for k in rt.contract.input_names}
+                timed(lambda: rt._run(feed), seconds) / n * 1e6
+            batch = {k: columns[k][:n] for k in rt.contract.input_names + model.extra_inputs}
             with torch.no_grad():
                 row["pytorch_us_per_column"][f"threads={t},batch={n}"] = \
                     timed(lambda: model.physical(model(batch), batch), seconds) / n * 1e6
@@ -109,9 +113,8 @@ class RuntimeCall:
             return result
 
         self.rt._run = timed_run
-        # Time in MSKF's updraft kernel and in assembling its channels (models with updraft
-        # features), likewise.
-        from emulator import updraft
+        # Time in the convection kernel and in assembling its channels, likewise.
+        from emulator import features, updraft
 
         self.kernel = 0.0
 
@@ -123,7 +126,8 @@ class RuntimeCall:
                 return result
             return call
 
-        updraft.diagnose, updraft.assemble = timed(updraft.diagnose), timed(updraft.assemble)
+        updraft.diagnose = timed(updraft.diagnose)
+        features.kernel_channels = timed(features.kernel_channels)
         self.tiles = []
         for frame in frames:
             nz, ny, nx = frame.sizes["bottom_top"], frame.sizes["south_north"], frame.sizes["west_east"]
@@ -155,12 +159,12 @@ class RuntimeCall:
                 "us_per_column": us, "x_mskf": us / MSKF_US_PER_COLUMN,
                 "median_us_per_column": sum(np.median(a) for a in self.all) / columns * 1e6,
                 "onnxruntime_us_per_column": inside / columns * 1e6,
-                "updraft_kernel_us_per_column": kernel / columns * 1e6,
+                "kernel_us_per_column": kernel / columns * 1e6,
                 "other_us_per_column": (total - inside - kernel) / columns * 1e6,
                 "mskf_reference_us_per_column": MSKF_US_PER_COLUMN}
 
 
-def side_by_side(models: list, files: list, rounds: int) -> list:
+def side_by_side(models: list, files: list, rounds: int, label: str = "oracle") -> list:
     """``runtime_call`` rows for the models and, where the mskf_columns program is built
     (``make mskf-columns``), an ``mskf_call`` row for WRF's own MSKF_CPS on the same tiles
     (every column evaluated). Rounds alternate file by file between MSKF and the models, so
@@ -170,6 +174,8 @@ def side_by_side(models: list, files: list, rounds: int) -> list:
 
     frames = [open_wrfout(path, extras=("QCLOUD", "QRAIN", "QICE", "QSNOW"), chunks=None,
                           time=0).isel(Time=0).load() for path in files]
+    for frame in frames:  # every column evaluated, as in a single call from a fresh start
+        frame.attrs.update(CUDT=0.0, STEPCU=1)
     calls = [RuntimeCall(model, frames) for model in models]
     try:
         mskf.program()
@@ -184,12 +190,12 @@ def side_by_side(models: list, files: list, rounds: int) -> list:
                 mskf_best[i] = min(mskf_best[i], mskf.time_mskf(*scheme[i], repeat=3))
             for call in calls:
                 call.time(i)
-    rows = [call.result() for call in calls]
+    rows = [call.result() | {"tiles": label} for call in calls]
     if scheme:
         mskf_us = sum(mskf_best) / sum(len(s[0]["T_PHY"]) for s in scheme) * 1e6
         for row in rows:
             row["x_mskf_measured"] = row["us_per_column"] / mskf_us
-        rows.insert(0, {"bench": "mskf_call", "files": len(files), "us_per_column": mskf_us})
+        rows.insert(0, {"bench": "mskf_call", "tiles": label, "files": len(files), "us_per_column": mskf_us})
     return rows
 
 
@@ -197,6 +203,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", nargs="*", default=[], help="trained .onnx models for the runtime call")
     parser.add_argument("--oracle", default=str(REPO.parent / "shared" / "data" / "mskf_oracle"))
+    parser.add_argument("--ideal", nargs="?", const=str(REPO.parent / "shared" / "data" / "wrf_ideal"),
+                        default=None, help="also time the runtime calls on the history times of "
+                                           "this WRF run (default: the shared wrf_ideal run)")
     parser.add_argument("--quick", action="store_true", help="fewer batch sizes, shorter timings")
     parser.add_argument("--calls-only", action="store_true",
                         help="only the runtime calls of --model and MSKF's (no inference sweeps)")
@@ -222,6 +231,10 @@ def main():
                 print(json.dumps(inference(run, store, peak, batches, (1, 2), seconds)), flush=True)
     for row in side_by_side(args.model, files, rounds=2 if args.quick else 4):
         print(json.dumps(row), flush=True)
+    if args.ideal:
+        history = sorted(glob.glob(os.path.join(args.ideal, "wrfout_d01_*")))
+        for row in side_by_side(args.model, history, rounds=2 if args.quick else 4, label="wrf_ideal"):
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

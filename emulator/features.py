@@ -1,229 +1,115 @@
-"""Model features from the contract inputs, in PyTorch (so they travel inside the exported model).
+"""What the network sees of a column, on any vertical grid.
 
-The network sees the column as a sequence of mass levels. Each level gets:
+The column is a sequence of mass levels, as many as the grid has. Every channel is a physical
+quantity in fixed physical units, the same on every grid and level (no per-level statistics):
+position in the column comes from pressure, height and layer depth, not from the level index.
 
-* every mass-level input, normalised per level with the training statistics (z-score, or
-  division by the absolute maximum for the seed-baseline configuration); W, on full levels,
-  is normalised per full level and averaged to mass levels;
-* every surface or domain input (HFX, UST, PBLH, ZOL, XLAND, DX), normalised and repeated on
-  every level;
-* with ``derived`` features on, quantities that carry convective physics across regimes rather
-  than raw values that only interpolate within the training climate: relative humidity,
-  saturation deficit (g/kg / 10), the buoyancy proxy theta_e(source) - theta_es(level) of a
-  parcel from the lowest 50 hPa (K / 10), and the scale-awareness factor
-  1 + ln(25 km / DX) (>= 1);
-* with ``trigger`` features on, MSKF's own trigger test on each candidate updraft source layer
-  (``source_layer_trigger``): where a parcel from that layer would pass it, at which level
-  the first that passes has its LCL (MSKF's cloud base, CUBOT), and that parcel's buoyancy;
-* with ``updraft`` features on, MSKF's whole trigger and updraft, and with ``updraft_groups``
-  its downdraft or the drafts' initial tendencies too (``emulator.updraft``, a compiled
-  kernel outside the graph): the exported model takes them as one more input, UPDRAFT, which
-  the runtime computes; in PyTorch they are computed when not given.
+``physical_channels`` (in PyTorch, part of the exported graph), per level:
+
+* position: ln(p / 1000 hPa), height above ground (10 km), the layer's pressure depth
+  (100 hPa);
+* thermodynamics: potential temperature ((theta - 300 K) / 20 K), relative humidity, vapour
+  (g/kg / 10), saturation deficit (g/kg / 10), and the buoyancy proxy
+  theta_e(lowest 50 hPa) - theta_es(level) (K / 10);
+* motion: u, v (m/s / 20), W0AVG and w at the level (m/s);
+* the column's surface values on every level: HFX (300 W/m2), UST (0.5 m/s), PBLH (km), z/L,
+  land (1) or water (0), ln(DX / 10 km) and MSKF's scale factor 1 + ln(25 km / DX) (>= 1).
+
+``kernel_channels`` (numpy, computed by the runtime and given to the graph as the input
+``UPDRAFT``): the convection kernel's results (``emulator.updraft``), per level the updraft's
+mass flux, entrainment and detrainment (per 100 hPa of layer, so that they do not depend on
+the layer depth), buoyancy, condensate, precipitation production, vertical velocity, the
+in-cloud mask, the downdraft's mass flux, entrainment and detrainment, and the drafts' initial
+tendencies of theta, vapour, detrained liquid and ice; per column (on every level) deep and
+shallow flags, ln(time scale / 1800 s), buoyant energy, cloud depth, LCL height, precipitation
+efficiency, source-layer depth, sub-cloud velocity, the fraction of the precipitation the
+downdraft evaporates and the precipitation production. Every kernel channel is zero in a
+column without convection.
+
+``seed_channels``: the seed paper's inputs, every contract input divided by its largest
+magnitude in the training data (one number per variable).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from torch import nn
 
 from emulator import constants as c
 from emulator import updraft as kf
-from emulator.contract import Contract
 
-SOURCE_DEPTH_PA = 5000.0
-N_DERIVED = 4
-N_TRIGGER = 4
-# MSKF's updraft source layers: at least 50 hPa deep, their bases 15 hPa apart from the lowest
-# level up to 300 hPa above it.
-SOURCE_DEPTH_MIN_PA = 5000.0
-SOURCE_SPACING_PA = 1500.0
-SOURCE_SEARCH_PA = 30000.0
-EXCESS_SCALE_K = 5.0
-LCL_SEARCH_LEVELS = 12
-
-
-def _stat(stats: dict, name: str, key: str) -> torch.Tensor:
-    return torch.tensor(stats["inputs"][name][key], dtype=torch.float32)
-
-
-class ColumnFeatures(nn.Module):
-    """{input name: (batch, size) tensor in physical units} -> (batch, channels, levels)."""
-
-    def __init__(self, contract: Contract, stats: dict, normalisation: str = "zscore",
-                 derived: bool = True, trigger: bool = False, updraft: bool = False,
-                 updraft_groups: tuple = ()):
-        super().__init__()
-        if normalisation not in ("zscore", "absmax"):
-            raise ValueError(f"input normalisation must be zscore or absmax, got {normalisation!r}")
-        self.names = contract.input_names
-        self.levels = {v.name: v.level for v in contract.inputs}
-        self.n_levels = contract.n_levels
-        self.derived = derived
-        self.trigger = trigger
-        self.updraft = updraft
-        self.updraft_groups = tuple(updraft_groups)
-        # Levels that can be within 300 hPa of the lowest one in the training data.
-        p_max, p_min = _stat(stats, "P_HYD", "max"), _stat(stats, "P_HYD", "min")
-        self.source_levels = int((p_max >= p_min[0] - SOURCE_SEARCH_PA).sum()) + 1
-        for name in self.names:
-            if normalisation == "zscore":
-                shift, scale = _stat(stats, name, "mean"), _stat(stats, name, "std")
-            else:
-                absmax = torch.maximum(_stat(stats, name, "max").abs(), _stat(stats, name, "min").abs())
-                shift, scale = torch.zeros_like(absmax), absmax.max().expand_as(absmax).clone()
-            scale = torch.where(scale > 1e-12 * scale.abs().max().clamp(min=1e-30), scale,
-                                torch.ones_like(scale))
-            self.register_buffer(f"shift_{name}", shift)
-            self.register_buffer(f"scale_{name}", scale)
-
-    @property
-    def channels(self) -> int:
-        return (len(self.names) + (N_DERIVED if self.derived else 0) + (N_TRIGGER if self.trigger else 0)
-                + (kf.n_channels(self.updraft_groups) if self.updraft else 0))
-
-    def forward(self, inputs: dict) -> torch.Tensor:
-        """(batch, channels, levels): channel-major, so that stacking copies whole rows."""
-        n = self.n_levels
-        raw, shift, scale = [], [], []
-        for name in self.names:
-            s, c = getattr(self, f"shift_{name}"), getattr(self, f"scale_{name}")
-            x = inputs[name]
-            level = self.levels[name]
-            if level == "w":  # normalised on its full levels, then averaged to mass levels
-                x = (x - s) / c
-                x, s, c = 0.5 * (x[:, :-1] + x[:, 1:]), torch.zeros_like(s[1:]), torch.ones_like(c[1:])
-            elif level in ("surface", "scalar"):
-                x, s, c = x.reshape(-1, 1).expand(-1, n), s.expand(n), c.expand(n)
-            raw.append(x)
-            shift.append(s)
-            scale.append(c)
-        # All channels normalised by one subtraction and one division (in the exported graph,
-        # few large operations cost less than many small ones).
-        x = (torch.stack(raw, dim=1) - torch.stack(shift)) / torch.stack(scale)
-        extra = []
-        if self.derived:
-            extra += self._physics(inputs)
-        if self.trigger:
-            extra += source_layer_trigger(inputs, self.source_levels)
-        parts = [x] + ([torch.stack(extra, dim=1)] if extra else [])
-        if self.updraft:
-            if kf.INPUT not in inputs:
-                inputs = kf.with_channels(inputs, self.updraft_groups)
-            parts.append(inputs[kf.INPUT])
-        return torch.cat(parts, dim=1) if len(parts) > 1 else x
-
-    def _physics(self, inputs: dict) -> list:
-        t, qv, p = inputs["T_PHY"], inputs["QVAPOR"], inputs["P_HYD"]
-        qsat = _qsat(t, p)
-        rh = (qv / qsat).clamp(0.0, 1.5)
-        deficit = (qsat - qv) * 100.0  # g/kg / 10
-        theta = t / inputs["PI_PHY"]
-        theta_e = theta * torch.exp(c.XLV * qv / (c.CP * t))
-        theta_es = theta * torch.exp(c.XLV * qsat / (c.CP * t))
-        source = (p >= p[:, :1] - SOURCE_DEPTH_PA).float()
-        theta_e_src = (theta_e * source).sum(1, keepdim=True) / source.sum(1, keepdim=True)
-        buoyancy = (theta_e_src - theta_es) / 10.0
-        dx = inputs["DX"].reshape(-1, 1)
-        scale_factor = (1.0 + torch.log(25000.0 / dx)).clamp(min=1.0).expand(-1, self.n_levels)
-        return [rh, deficit, buoyancy, scale_factor]
+SOURCE_DEPTH_PA = 5000.0  # the lowest 50 hPa: the buoyancy proxy's parcel
+N_PHYSICAL = 19
+# The kernel's level fields as channels: (field, scale, per 100 hPa of layer depth).
+KERNEL_LEVEL = (
+    ("mass_flux", 1.0, False), ("entrainment", 1.0, True), ("detrainment", 1.0, True),
+    ("buoyancy", 0.2, False), ("condensate", 1.0e3, False), ("precipitation", 1.0e3, True),
+    ("velocity", 0.1, False), ("in_cloud", 1.0, False),
+    ("downdraft_mass_flux", 1.0, False), ("downdraft_entrainment", 1.0, True),
+    ("downdraft_detrainment", 1.0, True),
+    ("heating", 1.0e3, False), ("moistening", 1.0e7, False),
+    ("detrained_liquid", 1.0e7, False), ("detrained_ice", 1.0e7, False),
+)
+KERNEL_COLUMN = ("deep", "shallow", "ln_time_scale", "buoyant_energy", "cloud_depth",
+                 "lcl_height", "precipitation_efficiency", "source_depth", "subcloud_velocity",
+                 "evaporated_fraction", "precipitation_production")
+N_KERNEL = len(KERNEL_LEVEL) + len(KERNEL_COLUMN)
+KERNEL_INDEX = {name: k for k, (name, _, _) in enumerate(KERNEL_LEVEL)} | {
+    name: len(KERNEL_LEVEL) + k for k, name in enumerate(KERNEL_COLUMN)}
+# The initial tendencies and the contract outputs whose profiles they give, up to MSKF's
+# closure (a factor per column) and the reshaping by its time integration.
+CLOSURE = {"RTHCUTEN": "heating", "RQVCUTEN": "moistening", "RQCCUTEN": "detrained_liquid"}
+KERNEL_INPUT = "UPDRAFT"
+REFERENCE_TIME = 1800.0  # s
+LAYOUT_VERSION = 1
 
 
-def source_layer_trigger(inputs: dict, bases: int) -> list:
-    """MSKF's trigger test on every candidate updraft source layer, as four level channels.
-
-    For each candidate base level (the lowest level, then every 15 hPa up to 300 hPa above it;
-    only the lowest ``bases`` levels are searched) the layer is deepened to at least 50 hPa
-    and mixed (mass-weighted T, q, z, p); its LCL temperature (dew point by the Bolton-type fit
-    MSKF uses) and height follow, and the test value is T_LCL + dT_LCL - T_env(LCL), with
-    dT_LCL = 4.64 (w_LCL - w_KLCL)^0.33 from W0AVG at the LCL (scaled by DX / 25 km at
-    DX >= 25 km). MSKF takes the first layer that passes, unless its cloud is too shallow, and
-    its LCL level is the cloud base.
-
-    Channels: the test value (K / 5, within -2..2) at each candidate base level, -2 elsewhere;
-    1 at the LCL level of the first layer that passes (0 everywhere if none does); 1 at the
-    LCL level of every layer that passes (MSKF's cloud base is one of them); the buoyancy
-    proxy theta_e(first layer that passes, or the lowest) - theta_es(level), K / 10, within
-    -5..5.
-    """
-    t, q, p = inputs["T_PHY"], inputs["QVAPOR"], inputs["P_HYD"]
-    z, w0 = inputs["Z_AGL"], inputs["W0AVG"]
-    dx = inputs["DX"].reshape(-1, 1)
-    theta_es = _theta_es(t, p)
-    # Bases among the lowest m levels; their layers and LCLs among the lowest n (MSKF's LCLs
-    # lie within a few km of the surface).
-    full = p.shape[1]
-    m = min(bases, full)
-    n = min(m + LCL_SEARCH_LEVELS, full)
-    t, q, p, z, w0 = t[:, :n], q[:, :n], p[:, :n], z[:, :n], w0[:, :n]
-    dp = inputs["RHO"][:, :n] * c.G * inputs["DZ8W"][:, :n]
-    below = torch.cumsum(dp, dim=1) - dp  # pressure depth under each level's layer
-
-    # Candidate bases: sequential 15 hPa spacing within 300 hPa of the lowest level.
-    candidate = [torch.ones_like(p[:, 0], dtype=torch.bool)]
-    next_p = p[:, 0] - SOURCE_SPACING_PA
-    for k in range(1, m):
-        take = (p[:, k] < next_p) & (p[:, k] >= p[:, 0] - SOURCE_SEARCH_PA)
-        candidate.append(take)
-        next_p = torch.where(take, next_p - SOURCE_SPACING_PA, next_p)
-    candidate = torch.stack(candidate, dim=1)  # (batch, base level)
-
-    # The layer from base k takes levels k.. until it is 50 hPa deep; its mass-weighted means
-    # are differences of running sums. end: one past its last level.
-    end = _count(below.unsqueeze(1) <= (below[:, :m] + SOURCE_DEPTH_MIN_PA).unsqueeze(2)).clamp(max=n)
-    # (In double precision: the differences of float32 running sums lose the 0.01 K that
-    # decide marginal triggers.)
-    sums = torch.cumsum(torch.stack([dp * t, dp * q, dp * z, dp * p, dp], dim=2).double(), dim=1)
-    sums = torch.nn.functional.pad(sums, (0, 0, 1, 0))  # (batch, level + 1, 5), zero first
-    # (The five sums at each layer's end, gathered from the flattened (level, sum) axes: an
-    # index built by broadcasting in float32 costs ONNX Runtime less than an expanded int64 one.)
-    flat = (end.unsqueeze(2) * 5.0 + torch.arange(5.0, device=p.device)).flatten(1).long()
-    layer = sums.flatten(1).gather(1, flat).view(-1, m, 5) - sums[:, :m]
-    tmix, qmix, zmix, pmix = ((layer[:, :, i] / layer[:, :, 4]).float() for i in range(4))
-    emix = (qmix * pmix / (c.EP2 + qmix)).clamp(min=1e-3)
-    tlog = torch.log(emix / (1000.0 * c.SVP1))
-    tdew = (c.SVP2 * c.SVPT0 - c.SVP3 * tlog) / (c.SVP2 - tlog)
-    tlcl = tdew - (0.212 + 1.571e-3 * (tdew - 273.16) - 4.36e-4 * (tmix - 273.16)) * (tmix - tdew)
-    tlcl = torch.minimum(tlcl, tmix)
-    zlcl = zmix + (tmix - tlcl) * c.CP / c.G
-
-    # LCL level: the first level whose height reaches the LCL (at or above the base, since the
-    # LCL is above the layer's mean height).
-    klcl = _count(z.unsqueeze(1) < zlcl.unsqueeze(2)).long()
-    valid = klcl < n
-    klcl = klcl.clamp(1, n - 1)
-    under = klcl - 1
-
-    def at(x, k):
-        return x.gather(1, k)
-
-    frac = (zlcl - at(z, under)) / (at(z, klcl) - at(z, under))
-    tenv = at(t, under) + (at(t, klcl) - at(t, under)) * frac
-    wlcl = at(w0, under) + (at(w0, klcl) - at(w0, under)) * frac
-    wlcl = torch.where(dx >= 25000.0, wlcl * dx / 25000.0, wlcl)
-    threshold = torch.where(zlcl < 2000.0, 0.02 * zlcl / 2000.0, torch.full_like(zlcl, 0.02))
-    wkl = wlcl - threshold
-    dtlcl = torch.where(wkl < 1e-4, torch.zeros_like(wkl), 4.64 * wkl.clamp(min=1e-4) ** 0.33)
-    excess = tlcl + dtlcl - tenv
-
-    usable = candidate & valid
-    test = torch.where(usable, (excess / EXCESS_SCALE_K).clamp(-2.0, 2.0), torch.full_like(excess, -2.0))
-    test = torch.nn.functional.pad(test, (0, full - m), value=-2.0)
-    passes = (usable & (excess >= 0)).float()
-    first = passes.argmax(dim=1, keepdim=True)  # the lowest layer when none passes
-    base = at(klcl, first)
-    column = torch.arange(full, device=p.device)
-    cloud_base = (column.view(1, full) == base).float() * passes.amax(dim=1, keepdim=True)
-    lcls = (torch.zeros_like(inputs["P_HYD"]).scatter_add(1, klcl, passes) > 0).float()
-    theta_e = (at(tmix, first) * (c.P1000MB / at(pmix, first)) ** c.RCP
-               * torch.exp(c.XLV * at(qmix, first) / (c.CP * at(tlcl, first))))
-    buoyancy = ((theta_e - theta_es) / 10.0).clamp(-5.0, 5.0)
-    return [test, cloud_base, lcls, buoyancy]
+def layout() -> dict:
+    """The UPDRAFT channels, as exported models record them."""
+    return {"version": LAYOUT_VERSION, "level": [[n, s, d] for n, s, d in KERNEL_LEVEL],
+            "column": list(KERNEL_COLUMN)}
 
 
-def _count(condition: torch.Tensor) -> torch.Tensor:
-    """How many entries along the last axis hold. (In float32, exact for these few levels:
-    ONNX Runtime sums int64 several times more slowly.)"""
-    return condition.float().sum(dim=-1)
+def layer_depth(rho, dz8w):
+    """Pressure depth (Pa) of each layer, hydrostatic: rho g dz."""
+    return rho * c.G * dz8w
+
+
+def kernel_channels(lev: np.ndarray, col: np.ndarray, inputs: dict) -> np.ndarray:
+    """(column, N_KERNEL, level) float32 channels from the kernel's output (``kf.diagnose``)
+    of columns ``inputs``."""
+    n, _, nz = lev.shape
+    out = np.empty((n, N_KERNEL, nz), np.float32)
+    field = {name: col[:, i] for i, name in enumerate(kf.COLUMN_FIELDS)}
+    convects = field["kind"] > 0
+    per_100hpa = 1.0e4 / layer_depth(np.asarray(inputs["RHO"], np.float32),
+                                     np.asarray(inputs["DZ8W"], np.float32))
+    for k, (name, scale, per_depth) in enumerate(KERNEL_LEVEL):
+        np.multiply(lev[:, kf.LEVEL_FIELDS.index(name)], scale, out=out[:, k])
+        if per_depth:
+            out[:, k] *= per_100hpa
+    production = field["precipitation_production"]
+    time_scale = np.where(convects, field["time_scale"], REFERENCE_TIME)
+    values = [field["kind"] == 2, field["kind"] == 1, np.log(time_scale / REFERENCE_TIME),
+              field["buoyant_energy"] / 1.0e3, field["cloud_depth"] / 1.0e4,
+              field["lcl_height"] / 1.0e3, field["precipitation_efficiency"],
+              field["source_depth"] / 1.0e4, field["subcloud_velocity"],
+              field["evaporation"] / np.maximum(production, 1e-12), production * 1.0e2]
+    block = np.stack(values, axis=1) * convects[:, None]
+    out[:, len(KERNEL_LEVEL):] = block[:, :, None]
+    return out
+
+
+def with_kernel(inputs: dict) -> dict:
+    """``inputs`` with the UPDRAFT channels added: numpy arrays, or torch tensors (the kernel
+    runs on the CPU; the channels go to the inputs' device, without gradient)."""
+    first = inputs["T_PHY"]
+    if hasattr(first, "numpy"):  # torch
+        names = set(kf.LEVEL_INPUTS + kf.SURFACE_INPUTS) | {"RHO", "DZ8W"}
+        arrays = {k: inputs[k].detach().cpu().numpy() for k in names}
+        channels = kernel_channels(*kf.diagnose(arrays), arrays)
+        return inputs | {KERNEL_INPUT: torch.from_numpy(channels).to(first.device)}
+    return inputs | {KERNEL_INPUT: kernel_channels(*kf.diagnose(inputs), inputs)}
 
 
 def _qsat(t, p):
@@ -233,6 +119,49 @@ def _qsat(t, p):
     return c.EP2 * es / (p - es)
 
 
-def _theta_es(t, p):
-    """Saturated equivalent potential temperature (K) of temperature t at pressure p."""
-    return t * (c.P1000MB / p) ** c.RCP * torch.exp(c.XLV * _qsat(t, p) / (c.CP * t))
+def _surface(inputs: dict, name: str) -> torch.Tensor:
+    return inputs[name].reshape(-1, 1)
+
+
+def physical_channels(inputs: dict) -> torch.Tensor:
+    """(column, N_PHYSICAL, level) from the contract inputs in SI units."""
+    t, qv, p = inputs["T_PHY"], inputs["QVAPOR"], inputs["P_HYD"]
+    n = t.shape[1]
+    qsat = _qsat(t, p)
+    theta = t / inputs["PI_PHY"]
+    theta_e = theta * torch.exp(c.XLV * qv / (c.CP * t))
+    theta_es = theta * torch.exp(c.XLV * qsat / (c.CP * t))
+    source = (p >= p[:, :1] - SOURCE_DEPTH_PA).float()
+    theta_e_source = (theta_e * source).sum(1, keepdim=True) / source.sum(1, keepdim=True)
+    w = inputs["W"]
+    dx = _surface(inputs, "DX")
+    levels = [
+        torch.log(p / c.P1000MB), inputs["Z_AGL"] / 1.0e4,
+        layer_depth(inputs["RHO"], inputs["DZ8W"]) / 1.0e4,
+        (theta - 300.0) / 20.0, (qv / qsat).clamp(0.0, 1.5), qv * 100.0, (qsat - qv) * 100.0,
+        ((theta_e_source - theta_es) / 10.0).clamp(-5.0, 5.0),
+        inputs["U_PHY"] / 20.0, inputs["V_PHY"] / 20.0, inputs["W0AVG"], 0.5 * (w[:, :-1] + w[:, 1:]),
+    ]
+    surface = [
+        _surface(inputs, "HFX") / 300.0, _surface(inputs, "UST") / 0.5,
+        _surface(inputs, "PBLH") / 1000.0, _surface(inputs, "ZOL").clamp(-10.0, 10.0) / 2.0,
+        (_surface(inputs, "XLAND") < 1.5).float(), torch.log(dx / 1.0e4),
+        (1.0 + torch.log(25000.0 / dx)).clamp(min=1.0),
+    ]
+    channels = levels + [s.expand(-1, n) for s in surface]
+    return torch.stack(channels, dim=1)
+
+
+def seed_channels(inputs: dict, names: list, absmax: torch.Tensor) -> torch.Tensor:
+    """(column, len(names), level): each contract input over its largest training magnitude;
+    full-level inputs averaged to mass levels, column values repeated on every level."""
+    n = inputs["T_PHY"].shape[1]
+    channels = []
+    for k, name in enumerate(names):
+        x = inputs[name]
+        if x.dim() == 1:
+            x = x.reshape(-1, 1).expand(-1, n)
+        elif x.shape[1] == n + 1:
+            x = 0.5 * (x[:, :-1] + x[:, 1:])
+        channels.append(x / absmax[k])
+    return torch.stack(channels, dim=1)

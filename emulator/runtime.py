@@ -1,8 +1,9 @@
 """The inference runtime: an exported model run on WRF tile arrays with MSKF's semantics.
 
-One code path for the Fortran bridge, offline replay and the tests. ``Runtime.run_tile`` takes
-the arrays a WRF cumulus driver holds, numpy arrays in WRF's Fortran layout (i, k, j) over the
-memory bounds (halos included), and fills the outputs of the tile's columns in place:
+One code path for the Fortran bridge, offline replay, the evaluation and the tests.
+``Runtime.run_tile`` takes the arrays a WRF cumulus driver holds, numpy arrays in WRF's Fortran
+layout (i, k, j) over the memory bounds (halos included), and fills the outputs of the tile's
+columns in place:
 
 1. W0AVG is updated on every tile column by MSKF's formula (deterministic, never learned):
    W0AVG = (W0AVG (TST - 1) + w_mass) / TST with TST = 2 STEPCU; with adaptive time steps
@@ -11,15 +12,18 @@ memory bounds (halos included), and fills the outputs of the tile's columns in p
    ``training.columns``).
 2. Columns with NCA >= DT/2 are held: nothing of theirs is read, computed or written.
 3. Every other column is evaluated: its outputs are reset as MSKF resets them (zero
-   tendencies, rain and clouds; CUTOP = KTS, CUBOT = KTE + 1; NCA left as it is), its inputs
-   are checked (non-finite values, out-of-distribution columns) and the model runs on it
-   (after MSKF's updraft, ``emulator.updraft``, for models that take it as input).
-4. Columns whose trigger probability is below the threshold keep the reset outputs. For the
-   others, the physical constraints (``constrain``) are applied before writing.
+   tendencies, rain and clouds; CUTOP = KTS, CUBOT = KTE + 1; NCA left as it is), and
+   ``run_columns`` computes it: its inputs are checked (non-finite values; columns outside the
+   training distribution, where the network would run), the convection kernel
+   (``emulator.updraft``) decides where convection is, deep or shallow, for models of the
+   kernel design, and the network runs on the columns that convect. Physical constraints
+   (``constrain``) with MSKF's semantics are applied before anything is written.
 
-Errors are raised as ``EmulatorError`` with the file, variable or column (WRF's global i, j)
-they concern, for the caller to end the run cleanly (the Fortran bridge calls
-``wrf_error_fatal``).
+The model file carries everything the runtime needs (``check_model``): the variable contract
+(not bound to a level count: any grid is accepted), the training statistics (scales, ranges),
+the design and the kernel's channel layout. Errors are raised as ``EmulatorError`` with the
+file, variable or column (WRF's global i, j) they concern, for the caller to end the run
+cleanly (the Fortran bridge calls ``wrf_error_fatal``).
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ from pathlib import Path
 import numpy as np
 
 from emulator import constants as c
+from emulator import features as ft
 from emulator import updraft as kf
 from emulator.contract import Contract, ContractError
 from emulator.derive import height_above_ground_from_thickness
 
 MODEL_FORMAT = "mlcu-onnx"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: level-agnostic models (dynamic level axis, pooled statistics)
 BOUND_NAMES = ("ids", "ide", "jds", "jde", "kds", "kde", "ims", "ime", "jms", "jme", "kms", "kme",
                "its", "ite", "jts", "jte", "kts", "kte")
 # Contract inputs the WRF driver does not hold, built from the ones it does (by recipe).
@@ -50,12 +55,21 @@ WATER = {"RQVCUTEN": "QVAPOR", "RQCCUTEN": "QCLOUD", "RQRCUTEN": "QRAIN",
 CONSTRAINT_INPUTS = tuple(WATER.values()) + ("RHO", "DZ8W")
 CLOUD_RANGES = {"CLDFRA_DP": (0.01, 0.6), "CLDFRA_SH": (0.01, 0.2)}  # MSKF's in-cloud ranges
 SAFETY = 0.999  # margin of the vapour limit, for float32 rounding of the stored tendencies
-# The column features, an extra output of two-stage models (emulator.export).
-FEATURES_OUTPUT = "mlcu_features"
 # Outputs the runtime writes besides the model's (MSKF's RAINCV; the physics-fallback flag).
 EXTRA_OUTPUTS = ("RAINCV", "FALLBACK")
+# Column outputs MSKF sets by rule (from the kernel in the kernel design).
+RULE_OUTPUTS = ("NCA", "CUTOP", "CUBOT")
 LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
                         "PMI_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK")
+# The state the out-of-distribution check compares with the training data (per pressure
+# band for profiles), and the least half-width of an accepted range around the training one,
+# in the variable's units: so that a range seen narrow in training cannot collapse.
+OOD_MIN_WIDTH = {"T_PHY": 2.0, "QVAPOR": 5.0e-4, "U_PHY": 3.0, "V_PHY": 3.0, "W": 0.3,
+                 "W0AVG": 0.3, "HFX": 50.0, "UST": 0.1, "PBLH": 200.0, "ZOL": 1.0,
+                 "DX": 1000.0}
+# A drier column than any seen is still a valid state: vapour is bounded below by 0 only (less
+# the round-off of WRF's advection, which leaves values like -1e-20 in dry air).
+NO_LOWER_BOUND = {"QVAPOR": -1.0e-8}
 
 
 class EmulatorError(RuntimeError):
@@ -69,10 +83,12 @@ class Options:
     device: str = "auto"  # auto | cpu | cuda
     nan_policy: str = "fatal"  # fatal | zero
     ood_policy: str = "predict"  # predict | zero | fallback
-    ood_tolerance: float = 0.25  # allowed excursion beyond the training range, in ranges
-    trigger_threshold: float = 0.5  # (not used when the updraft kernel decides the trigger)
+    # Accepted excursion beyond the training range, in the variable's pooled standard
+    # deviations (at least OOD_MIN_WIDTH).
+    ood_tolerance: float = 0.25
+    trigger_threshold: float = 0.5  # (models with a learned trigger only)
     batch_columns: int = 512  # columns per inference call: bounds memory; the LSTM is faster on few
-    n_levels: int | None = None  # the caller's mass levels, checked against the model
+    n_levels: int | None = None  # the caller's mass levels (informative: any grid is accepted)
 
     def __post_init__(self):
         choices = {"device": ("auto", "cpu", "cuda"), "nan_policy": ("fatal", "zero"),
@@ -104,12 +120,40 @@ def _visible_gpus() -> int:
         return 1
 
 
-def check_metadata(path, meta: dict) -> None:
+def check_model(path, meta: dict) -> dict:
+    """The model's metadata, checked: what the runtime needs is there and usable. Returns
+    {contract, stats, design, scales, zero_targets, provenance}."""
     if meta.get("mlcu.format") != MODEL_FORMAT:
         raise EmulatorError(f"{path} is not an mlcu model (no mlcu.format metadata)")
     if meta.get("mlcu.format_version") != str(MODEL_FORMAT_VERSION):
         raise EmulatorError(f"{path}: model format version {meta.get('mlcu.format_version')} is not "
                             f"supported (this runtime reads version {MODEL_FORMAT_VERSION})")
+    try:
+        contract = Contract.from_json(meta["mlcu.contract"])
+        stats = json.loads(meta["mlcu.stats"])
+        scales = json.loads(meta["mlcu.target_scales"])
+        zero = set(json.loads(meta.get("mlcu.zero_targets", "[]")))
+        design = meta["mlcu.design"]
+    except (KeyError, ValueError, ContractError) as err:
+        raise EmulatorError(f"{path}: incomplete or damaged mlcu metadata ({err})") from None
+    if design == "kernel" and json.loads(meta.get("mlcu.kernel_layout", "null")) != ft.layout():
+        raise EmulatorError(f"{path}: the model was trained on kernel channels "
+                            f"{meta.get('mlcu.kernel_layout')}; this runtime computes "
+                            f"{json.dumps(ft.layout())}")
+    regressed = [v.name for v in contract.outputs[1:]
+                 if not (design == "kernel" and v.name in RULE_OUTPUTS)]
+    bad = [n for n in regressed if n not in zero and not (np.isfinite(scales.get(n, np.nan))
+                                                          and scales.get(n, 0.0) > 0.0)]
+    if bad:
+        raise EmulatorError(f"{path}: outputs {bad} have a zero or missing scale in the model's "
+                            "statistics (a target zero in all training data must be declared "
+                            "in mlcu.zero_targets)")
+    missing = [v.name for v in contract.inputs if v.name not in stats.get("inputs", {})]
+    if missing:
+        raise EmulatorError(f"{path}: no training statistics for inputs {missing}")
+    return {"contract": contract, "stats": stats, "design": design, "scales": scales,
+            "zero_targets": sorted(zero),
+            "provenance": json.loads(meta.get("mlcu.provenance", "{}"))}
 
 
 class Runtime:
@@ -137,53 +181,19 @@ class Runtime:
         except Exception as err:  # ONNX Runtime raises its own types for damaged files
             raise EmulatorError(f"{path} is not a readable ONNX model: {err}") from None
         self.device = self.session.get_providers()[0]
-        meta = self.session.get_modelmeta().custom_metadata_map
-        check_metadata(path, meta)
-        # Two stages when the trigger has its own network: ONNX Runtime computes every node of
-        # a graph whatever outputs are asked for, so the trigger and the profiles get one
-        # session each, cut from the same graph. The trigger stage also returns the column
-        # features (when the model exports them), which the core then takes as they are.
-        self.trigger_session = None
-        if meta.get("mlcu.trigger_stage") == "separate":
-            import onnx
-            import onnx.utils
-
-            proto = onnx.load(str(path))
-            names = [i.name for i in proto.graph.input]
-            outputs = [o.name for o in proto.graph.output if o.name != FEATURES_OUTPUT]
-            staged = [FEATURES_OUTPUT] if len(outputs) < len(proto.graph.output) else []
-            cut = onnx.utils.Extractor(proto)
-            self.trigger_session = ort.InferenceSession(
-                cut.extract_model(names, outputs[:1] + staged).SerializeToString(),
-                session_options, providers=providers)
-            self.session = ort.InferenceSession(
-                cut.extract_model(names + staged, outputs[1:]).SerializeToString(),
-                session_options, providers=providers)
-        try:
-            self.contract = Contract.from_json(meta["mlcu.contract"])
-            if options.n_levels is not None:
-                self.contract.with_levels(int(options.n_levels))
-        except ContractError as err:
-            raise EmulatorError(f"{options.model}: {err}") from None
-        self.stats = json.loads(meta["mlcu.stats"])
-        self.provenance = json.loads(meta.get("mlcu.provenance", "{}"))
-        self.n_levels = self.contract.n_levels
+        model = check_model(path, self.session.get_modelmeta().custom_metadata_map)
+        self.contract, self.stats = model["contract"], model["stats"]
+        self.design, self.provenance = model["design"], model["provenance"]
+        self.kernel = self.design == "kernel"
         self.trigger = self.contract.outputs[0].name
         self.surface = {v.name for v in self.contract.inputs + self.contract.outputs
                         if v.level in ("surface", "scalar")}
         self.scalars = [v.name for v in self.contract.inputs if v.level == "scalar"]
         self.derived = {v.name: COLUMN_RECIPES[v.recipe] for v in self.contract.inputs
                         if v.recipe in COLUMN_RECIPES}
-        graph_inputs = {i.name for session in (self.session, self.trigger_session) if session
-                        for i in session.get_inputs()}
-        self.updraft = kf.INPUT in graph_inputs
-        self.updraft_trigger = meta.get("mlcu.trigger_stage") == "updraft"
-        self.updraft_groups = kf.groups_of(meta.get("mlcu.updraft")) if self.updraft else ()
-        if self.updraft_groups is None:
-            raise EmulatorError(f"{path}: the model's updraft channels ({meta.get('mlcu.updraft')}) "
-                                f"are not a layout of this runtime's ({kf.layout()} with any of "
-                                f"the groups {list(kf.GROUPS)})")
-        self._ood_bounds()
+        self.graph_inputs = [i.name for i in self.session.get_inputs()]
+        self.graph_outputs = [o.name for o in self.session.get_outputs()]
+        self._ood_ranges()
 
     @classmethod
     def from_options(cls, options: dict) -> "Runtime":
@@ -208,74 +218,136 @@ class Runtime:
 
     # --- the model on columns -------------------------------------------------------------
 
-    def _run(self, session, inputs: dict) -> dict:
-        n = len(inputs[self.contract.inputs[0].name])
-        names = [o.name for o in session.get_outputs()]
-        needed = [i.name for i in session.get_inputs()]
-        outputs = {name: [] for name in names}
+    def _run(self, inputs: dict) -> dict:
+        n = len(inputs["T_PHY"])
+        outputs = {name: [] for name in self.graph_outputs}
         for start in range(0, n, self.options.batch_columns):
             feed = {k: np.ascontiguousarray(inputs[k][start:start + self.options.batch_columns],
-                                            dtype=np.float32) for k in needed}
-            for name, value in zip(names, session.run(names, feed)):
+                                            dtype=np.float32) for k in self.graph_inputs}
+            for name, value in zip(self.graph_outputs, self.session.run(self.graph_outputs, feed)):
                 outputs[name].append(value)
         return {k: np.concatenate(v) for k, v in outputs.items()}
 
-    def _two_stages(self, inputs: dict) -> tuple[np.ndarray, dict]:
-        """(trigger fired, outputs of the columns that fired): the trigger stage on every
-        column, the core on those that fire, one batch at a time."""
-        n = len(inputs[self.contract.inputs[0].name])
-        core_inputs = [i.name for i in self.session.get_inputs()]
-        fired, outputs = [], []
-        for start in range(0, n, self.options.batch_columns):
-            batch = {k: v[start:start + self.options.batch_columns] for k, v in inputs.items()}
-            first = self._run(self.trigger_session, batch)
-            fires = first.pop(self.trigger) >= self.options.trigger_threshold
-            fired.append(fires)
-            if fires.any():
-                batch |= first
-                outputs.append(self._run(self.session, {k: batch[k][fires] for k in core_inputs}))
-        out = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}
-        return np.concatenate(fired), out
-
     def predict_columns(self, inputs: dict) -> dict:
         """Raw model outputs (physical units, TRIGGER a probability) of columns given as
-        {contract input: (column, values) or (column,)}; no gating, no constraints."""
-        if self.updraft:
-            inputs = kf.with_channels(inputs, self.updraft_groups)
-        if self.trigger_session is None:
-            out = self._run(self.session, inputs)
-        else:
-            first = self._run(self.trigger_session, inputs)
-            out = self._run(self.session, inputs | first) | {self.trigger: first[self.trigger]}
+        {contract input: (column, values) or (column,)}: no gating, no constraints."""
+        if self.kernel:
+            inputs = ft.with_kernel(inputs)
+        out = self._run(inputs)
         return {name: out[name] for name in self.contract.output_names}
 
-    def _ood_bounds(self):
-        # float32, as the inputs: comparing them with float64 bounds would convert every value.
-        self.ood_lo, self.ood_hi = {}, {}
+    def _ood_ranges(self):
+        """Accepted ranges of the state, float32 as the inputs: per pressure band for profiles
+        (bands without training data take the variable's pooled range), widened by
+        ``ood_tolerance`` pooled standard deviations, at least OOD_MIN_WIDTH."""
+        self.ood = {}
         tol = self.options.ood_tolerance
-        for v in self.contract.inputs:
-            s = self.stats["inputs"][v.name]
-            lo, hi = np.asarray(s["min"], np.float64), np.asarray(s["max"], np.float64)
-            pad = tol * (hi - lo) + 1e-6 * np.maximum(np.abs(lo), np.abs(hi))
-            self.ood_lo[v.name] = (lo - pad).astype(np.float32)
-            self.ood_hi[v.name] = (hi + pad).astype(np.float32)
+        for name, least in OOD_MIN_WIDTH.items():
+            if name not in self.contract.input_names:
+                continue
+            s = self.stats["inputs"][name]
+            pad = max(tol * s["std"], least)
+            lo, hi = np.float64(s["min"]), np.float64(s["max"])
+            if "by_pressure" in s:
+                bands = s["by_pressure"]
+                seen = np.asarray(bands["count"]) > 0
+                lo = np.where(seen, bands["min"], lo)
+                hi = np.where(seen, bands["max"], hi)
+            lo = np.full_like(np.asarray(lo, np.float64), NO_LOWER_BOUND[name]) \
+                if name in NO_LOWER_BOUND else lo - pad
+            self.ood[name] = (np.asarray(lo, np.float32), np.asarray(hi + pad, np.float32))
+        self.ood_edges = np.asarray(
+            next(iter(s["by_pressure"]["edges_pa"] for s in self.stats["inputs"].values()
+                      if "by_pressure" in s)), np.float32)
 
     def out_of_distribution(self, inputs: dict) -> np.ndarray:
-        """Columns with any input outside the training range widened by ``ood_tolerance``
-        ranges (per variable and level), or not finite."""
-        flagged = np.zeros(len(inputs[self.contract.inputs[0].name]), dtype=bool)
-        for name in self.contract.input_names:
-            x = inputs[name].reshape(len(flagged), -1)
+        """Columns with any state variable outside its accepted range (``_ood_ranges``), or
+        not finite."""
+        p = inputs["P_HYD"]
+        flagged = np.zeros(len(p), dtype=bool)
+        band = np.clip(np.searchsorted(self.ood_edges, p) - 1, 0, len(self.ood_edges) - 2)
+        for name, (lo, hi) in self.ood.items():
+            x = inputs[name]
+            if x.ndim == 2:
+                at = band if x.shape[1] == band.shape[1] else np.concatenate([band, band[:, -1:]], 1)
+                lo_x, hi_x = lo[at], hi[at]
+            else:
+                lo_x, hi_x = lo, hi
             # (NaN fails both comparisons: one pass finds bad and unusual values alike.)
-            flagged |= ~((x >= self.ood_lo[name]) & (x <= self.ood_hi[name])).all(axis=1)
+            inside = (x >= lo_x) & (x <= hi_x)
+            flagged |= ~(inside.all(axis=1) if inside.ndim == 2 else inside)
         return flagged
+
+    def run_columns(self, inputs: dict, dt, cudt) -> tuple[dict, dict]:
+        """MSKF's outputs of evaluated columns ``inputs`` ({contract input and species:
+        (column, values) or (column,)}, DX and DT per column) with time step ``dt`` and
+        cumulus interval ``cudt`` (min), scalars or per column: {output: values of every
+        column} (reset values where nothing is written; NaN in NCA there: it is left as it
+        was) and {"fires", "deep", "ood", "fallback", "finite"} masks and counters.
+
+        Non-finite inputs follow the NaN policy (``finite``), unusual ones the OOD policy;
+        the network runs only where the kernel (kernel design) or the learned trigger fires."""
+        n = len(inputs["T_PHY"])
+        n_levels = inputs["T_PHY"].shape[1]
+        dt = np.broadcast_to(np.asarray(dt, np.float64), (n,))
+        cudt = np.broadcast_to(np.asarray(cudt, np.float64), (n,))
+        finite = self._finite(inputs)
+        keep = finite.copy()
+        out = reset_outputs(n, n_levels, self.output_arrays)
+        info = {"finite": finite, "fires": np.zeros(n, bool), "deep": np.zeros(n, bool),
+                "ood": np.zeros(n, bool), "fallback": np.zeros(n, bool)}
+        if not keep.any():
+            return out, info
+        run = inputs if keep.all() else {k: v[keep] for k, v in inputs.items()}
+        if self.kernel:  # MSKF's rules first: the network only where the kernel finds a cloud
+            lev, col = kf.diagnose(run)
+            kind = kf.kinds(col)
+            fires = kind > 0
+            run = {k: v[fires] for k, v in run.items()}
+            run[ft.KERNEL_INPUT] = ft.kernel_channels(lev[fires], col[fires], run)
+            if not np.isfinite(run[ft.KERNEL_INPUT]).all():  # never hand WRF a NaN
+                raise EmulatorError("the convection kernel gave non-finite values in "
+                                    f"{int((~np.isfinite(run[ft.KERNEL_INPUT]).all(axis=(1, 2))).sum())} "
+                                    "columns")
+            deep = kind[fires] == 2
+        else:
+            raw = self._run(run)
+            fires = raw[self.trigger] >= self.options.trigger_threshold
+            run = {k: v[fires] for k, v in run.items()}
+            deep = None
+        where = np.flatnonzero(keep)[fires]
+        ood = self.out_of_distribution(run)
+        info["ood"][where] = ood
+        use = ~ood if self.options.ood_policy != "predict" else np.ones(len(where), bool)
+        info["fallback"][where] = ood & (self.options.ood_policy == "fallback")
+        where, run = where[use], {k: v[use] for k, v in run.items()}
+        if where.size == 0:
+            return out, info
+        predicted = self._run(run) if self.kernel else {k: v[fires][use] for k, v in raw.items()}
+        deep = deep[use] if deep is not None else cloud_fraction_deep(predicted)
+        result = constrain(predicted, {k: run[k] for k in CONSTRAINT_INPUTS}, dt[where],
+                           cudt[where], deep)
+        for name in self.output_arrays:
+            if name in result:
+                out[name][where] = result[name]
+        info["fires"][where] = True
+        info["deep"][where] = deep
+        return out, info
+
+    def _finite(self, inputs: dict) -> np.ndarray:
+        """Columns whose inputs are all finite (the NaN policy decides about the others)."""
+        ok = np.ones(len(inputs["T_PHY"]), dtype=bool)
+        for name in self.required_arrays:
+            x = inputs[name]
+            ok &= np.isfinite(x).all(axis=1) if x.ndim == 2 else np.isfinite(x)
+        return ok
 
     # --- a WRF tile -----------------------------------------------------------------------
 
     def run_tile(self, arrays: dict, bounds, dt: float, dx: float, cudt: float, stepcu: int,
                  adapt_step: bool = False) -> dict:
         """Run the scheme on one tile; outputs filled in place. Returns counters."""
-        tile = _Tile(arrays, bounds, self.n_levels, self.required_arrays + self.output_arrays + ("NCA",))
+        tile = _Tile(arrays, bounds, self.required_arrays + self.output_arrays + ("NCA",))
         dt, dx, cudt = float(dt), float(dx), float(cudt)
         update_w0avg(tile, stepcu, dt, cudt, adapt_step)
         fallback = tile.view2("FALLBACK")
@@ -285,7 +357,7 @@ class Runtime:
         evaluate = nca < 0.5 * dt
         counts = {"columns": tile.n_columns, "held": int((~evaluate).sum()),
                   "evaluated": int(evaluate.sum()), "nan": 0, "ood": 0, "fallback": 0,
-                  "triggered": 0, "deep": 0, "shallow": 0, "limited": 0}
+                  "triggered": 0, "deep": 0, "shallow": 0}
         cols = np.flatnonzero(evaluate)
         if cols.size == 0:
             return counts
@@ -293,77 +365,47 @@ class Runtime:
 
         inputs = {}
         for name in self.required_arrays:
-            inputs[name] = tile.columns(name, cols, name in self.surface,
-                                        self.contract.variable(name).size(self.n_levels)
-                                        if name in self.contract.input_names else self.n_levels)
+            size = self.contract.variable(name).size(tile.n_levels) \
+                if name in self.contract.input_names else tile.n_levels
+            inputs[name] = tile.columns(name, cols, name in self.surface, size)
         for name, (source, build) in self.derived.items():
             inputs[name] = build(inputs[source])
         for name, value in (("DX", dx), ("DT", dt)):
             if name in self.scalars:
                 inputs[name] = np.full(cols.size, value, dtype=np.float32)
 
-        unusual = self.out_of_distribution(inputs)
-        keep = self._finite(inputs, unusual, cols, tile, counts)
-        ood = unusual & keep
-        counts["ood"] = int(ood.sum())
-        if self.options.ood_policy != "predict":
-            keep &= ~ood
-        if self.options.ood_policy == "fallback":
-            tile.write2(fallback, cols[ood], 1)
-            counts["fallback"] = counts["ood"]
-        if not keep.any():
+        finite = self._finite(inputs)
+        if not finite.all() and self.options.nan_policy == "fatal":
+            raise self._nan_error(inputs, finite, cols, tile)
+        out, info = self.run_columns(inputs, dt, cudt)
+        counts["nan"] = int((~finite).sum())
+        counts["ood"] = int(info["ood"].sum())
+        counts["fallback"] = int(info["fallback"].sum())
+        tile.write2(fallback, cols[info["fallback"]], 1)
+        fired = info["fires"]
+        counts["triggered"] = int(fired.sum())
+        counts["deep"] = int(info["deep"].sum())
+        counts["shallow"] = counts["triggered"] - counts["deep"]
+        if not fired.any():
             return counts
-        run = inputs if keep.all() else {k: v[keep] for k, v in inputs.items()}
-        if self.updraft_trigger:  # the network only where the updraft kernel finds a cloud
-            lev, col = kf.diagnose(run)
-            fires = kf.kinds(col) > 0
-            needed = [i.name for i in self.session.get_inputs() if i.name != kf.INPUT]
-            feed = {k: run[k][fires] for k in needed}
-            feed[kf.INPUT] = kf.assemble(lev[fires], col[fires], self.updraft_groups)
-            out = self._run(self.session, feed) if fires.any() else {}
-        elif self.trigger_session is not None:  # the recurrent core only where it convects
-            fires, out = self._two_stages(kf.with_channels(run, self.updraft_groups)
-                                          if self.updraft else run)
-        else:
-            if self.updraft:
-                run = kf.with_channels(run, self.updraft_groups)
-            out = self._run(self.session, run)
-            fires = out[self.trigger] >= self.options.trigger_threshold
-            out = {k: v[fires] for k, v in out.items()}
-        counts["triggered"] = int(fires.sum())
-        if not fires.any():
-            return counts
-        out, info = constrain(out, {k: run[k][fires] for k in CONSTRAINT_INPUTS}, dt, cudt, self.n_levels)
-        for key in ("deep", "shallow", "limited"):
-            counts[key] = info[key]
-        target = cols[keep][fires]
+        target = cols[fired]
         for name in self.output_arrays:
-            if name == "FALLBACK":
-                continue
-            tile.write(name, target, out[name], name in self.surface or name == "RAINCV")
+            if name != "FALLBACK":
+                tile.write(name, target, out[name][fired], name in self.surface or name == "RAINCV")
         return counts
 
-    def _finite(self, inputs: dict, unusual: np.ndarray, cols: np.ndarray, tile: "_Tile",
-                counts: dict) -> np.ndarray:
-        """Columns whose inputs are all finite; the NaN policy decides about the others.
-        Contract inputs are checked only on the ``unusual`` columns (a non-finite value is
-        one), the species the constraints read on every column."""
-        keep = np.ones(cols.size, dtype=bool)
+    def _nan_error(self, inputs: dict, finite: np.ndarray, cols: np.ndarray,
+                   tile: "_Tile") -> EmulatorError:
+        first = int(np.flatnonzero(~finite)[0])
+        i, j = tile.global_ij(cols[first])
         for name in self.required_arrays:
-            x = inputs[name].reshape(cols.size, -1)
-            suspects = np.flatnonzero(unusual) if name in self.ood_lo else slice(None)
-            bad = np.zeros(cols.size, dtype=bool)
-            bad[suspects] = ~np.isfinite(x[suspects]).all(axis=1)
-            if bad.any() and self.options.nan_policy == "fatal":
-                first = int(np.flatnonzero(bad)[0])
-                i, j = tile.global_ij(cols[first])
-                where = "" if x.shape[1] == 1 else f" level k={int(np.flatnonzero(~np.isfinite(x[first]))[0]) + 1}"
-                raise EmulatorError(f"non-finite {name} in column i={i}, j={j}{where} "
-                                    f"({int(bad.sum())} such columns in tile i={tile.its}..{tile.ite}, "
-                                    f"j={tile.jts}..{tile.jte})")
-            keep &= ~bad
-        counts["nan"] = int((~keep).sum())
-        return keep
+            x = inputs[name].reshape(len(finite), -1)[first]
+            if not np.isfinite(x).all():
+                where = "" if x.size == 1 else f" level k={int(np.flatnonzero(~np.isfinite(x))[0]) + 1}"
+                return EmulatorError(f"non-finite {name} in column i={i}, j={j}{where} "
+                                     f"({int((~finite).sum())} such columns in tile "
+                                     f"i={tile.its}..{tile.ite}, j={tile.jts}..{tile.jte})")
+        return EmulatorError(f"non-finite input in column i={i}, j={j}")
 
 
 class _Tile:
@@ -372,16 +414,15 @@ class _Tile:
     Columns are numbered j-major, i fastest (as training flattens (south_north, west_east)).
     """
 
-    def __init__(self, arrays: dict, bounds, n_levels: int, needed):
+    def __init__(self, arrays: dict, bounds, needed):
         if len(bounds) != len(BOUND_NAMES):
             raise EmulatorError(f"bounds: expected the {len(BOUND_NAMES)} WRF dimension arguments "
                                 f"{BOUND_NAMES}, got {len(bounds)} values")
         b = dict(zip(BOUND_NAMES, (int(x) for x in bounds)))
         for key, value in b.items():
             setattr(self, key, value)
-        if self.kte - self.kts + 1 != n_levels:
-            raise EmulatorError(f"the model is for {n_levels} mass levels, WRF passes "
-                                f"kts..kte = {self.kts}..{self.kte} ({self.kte - self.kts + 1} levels)")
+        if self.kte - self.kts + 1 < 2:
+            raise EmulatorError(f"kts..kte = {self.kts}..{self.kte}: a column needs 2 levels or more")
         if not (self.ims <= self.its <= self.ite <= self.ime and self.jms <= self.jts <= self.jte <= self.jme
                 and self.kms <= self.kts and self.kte + 1 <= self.kme):
             raise EmulatorError(f"tile bounds {b} do not lie within the memory bounds")
@@ -399,7 +440,7 @@ class _Tile:
         self.i0, self.j0, self.k0 = self.its - self.ims, self.jts - self.jms, self.kts - self.kms
         self.ni, self.nj = self.ite - self.its + 1, self.jte - self.jts + 1
         self.n_columns = self.ni * self.nj
-        self.n_levels = n_levels
+        self.n_levels = self.kte - self.kts + 1
 
     def view3(self, name: str, n_levels: int) -> np.ndarray:
         """(j, i, k) view of the tile, n_levels levels from kts."""
@@ -469,15 +510,44 @@ def reset(tile: _Tile, cols: np.ndarray) -> None:
     tile.write("CUBOT", cols, float(tile.kte + 1), True)
 
 
-def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) -> tuple[dict, dict]:
-    """Triggered columns' predictions made physically consistent, as the scheme would leave them.
+def reset_outputs(n: int, n_levels: int, names) -> dict:
+    """``reset`` for ``run_columns``: outputs of n columns as MSKF sets them before its column
+    physics (levels 1-based from the bottom); NCA, which stays as it was, NaN."""
+    out = {}
+    for name in names:
+        if name in ("PRATEC", "RAINCV"):
+            out[name] = np.zeros(n)
+        elif name == "CUTOP":
+            out[name] = np.ones(n)
+        elif name == "CUBOT":
+            out[name] = np.full(n, n_levels + 1.0)
+        elif name == "NCA":
+            out[name] = np.full(n, np.nan)
+        elif name == "FALLBACK":
+            continue
+        else:
+            out[name] = np.zeros((n, n_levels), np.float32)
+    return out
 
-    * Deep or shallow: deep where the column's largest deep cloud fraction is at least its
-      largest shallow one (MSKF fills exactly one of the two) and is a cloud (>= 0.005). Shallow convection gives no
-      rain and holds for CUDT minutes (NCA = CUDT 60 s); deep convection holds for a whole
-      number of steps NCA = max(1, rint(NCA / DT)) DT, at most a day.
-    * Cloud fractions: the other kind zeroed; values below 0.005 are no cloud, others clipped
-      into MSKF's in-cloud ranges (deep 0.01-0.6, shallow 0.01-0.2). QC_CU, QI_CU >= 0.
+
+def cloud_fraction_deep(out: dict) -> np.ndarray:
+    """Deep or shallow, for models without the kernel: deep where the column's largest deep
+    cloud fraction is at least its largest shallow one (MSKF fills exactly one of the two) and
+    is a cloud (>= 0.005)."""
+    deepest = out["CLDFRA_DP"].max(axis=1)
+    return (deepest >= out["CLDFRA_SH"].max(axis=1)) & (deepest >= 0.5 * CLOUD_RANGES["CLDFRA_DP"][0])
+
+
+def constrain(out: dict, inputs: dict, dt, cudt, deep: np.ndarray) -> dict:
+    """Triggered columns' predictions made physically consistent, as the scheme would leave them;
+    ``deep`` says which convect deep (the kernel's decision), the others are shallow; ``dt``
+    and ``cudt`` (min) are scalars or per column.
+
+    * Shallow convection gives no rain, no deep cloud, and holds for CUDT minutes
+      (NCA = CUDT 60 s); deep convection has no shallow cloud and holds for a whole number of
+      steps NCA = max(1, rint(NCA / DT)) DT, at most a day.
+    * Cloud fractions: values below 0.005 are no cloud, others clipped into MSKF's in-cloud
+      ranges (deep 0.01-0.6, shallow 0.01-0.2). QC_CU, QI_CU >= 0.
     * No species driven negative over the hold (NCA, at least DT): every water tendency is
       limited level by level to -0.999 q / hold. (MSKF never drives a species negative; the
       model's errors do at dry upper levels, where a whole-column scaling would wreck the rest
@@ -492,17 +562,17 @@ def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) ->
       convection (PRATEC = 0) ends with no net water change.
     * CUTOP, CUBOT: whole level indices within 1..levels, CUTOP >= CUBOT.
     """
+    n_levels = out["RTHCUTEN"].shape[1]
+    dt = np.broadcast_to(np.asarray(dt, np.float64), deep.shape)
+    cudt = np.broadcast_to(np.asarray(cudt, np.float64), deep.shape)
+    shallow = ~deep
     # Column values and the water budget in double precision; the other profiles as the
     # model gives them.
     res = {name: value.astype(np.float64) if name in WATER or value.ndim == 1 else value
            for name, value in out.items()}
-    deepest = res["CLDFRA_DP"].max(axis=1)
-    deep = (deepest >= res["CLDFRA_SH"].max(axis=1)) & (deepest >= 0.5 * CLOUD_RANGES["CLDFRA_DP"][0])
-    shallow = ~deep
     for name, (lo, hi) in CLOUD_RANGES.items():
         x = np.where(res[name] < 0.5 * lo, 0.0, np.clip(res[name], lo, hi))
-        other = shallow if name == "CLDFRA_DP" else deep
-        x[other] = 0.0
+        x[shallow if name == "CLDFRA_DP" else deep] = 0.0
         res[name] = x
     for name in ("QC_CU", "QI_CU"):
         res[name] = np.maximum(res[name], 0.0)
@@ -514,11 +584,10 @@ def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) ->
 
     # Each species' tendency limited level by level so that q + tendency x hold >= 0.
     hold = np.maximum(res["NCA"], dt)[:, None]
-    floors, limited = {}, np.zeros(len(deep), dtype=bool)
+    floors = {}
     for tendency, species in WATER.items():
         if tendency in res:
             floors[tendency] = -SAFETY * np.maximum(inputs[species].astype(np.float64), 0.0) / hold
-            limited |= (res[tendency] < floors[tendency]).any(axis=1)
             res[tendency] = np.maximum(res[tendency], floors[tendency])
 
     # Close the water budget on the vapour tendency, where it acts and within its limit.
@@ -553,5 +622,4 @@ def constrain(out: dict, inputs: dict, dt: float, cudt: float, n_levels: int) ->
     bottom = np.clip(np.rint(res["CUBOT"]), 1, n_levels)
     res["CUBOT"] = bottom
     res["CUTOP"] = np.maximum(np.clip(np.rint(res["CUTOP"]), 1, n_levels), bottom)
-    info = {"deep": int(deep.sum()), "shallow": int(shallow.sum()), "limited": int(limited.sum())}
-    return res, info
+    return res

@@ -73,7 +73,7 @@ def synthetic_store(synthetic_files, tmp_path_factory):
 def _tiny_onnx(store, tmp_path_factory, *sets):
     import yaml
 
-    from emulator.export import export
+    from training.export import export
     from training.train import TrainConfig, train
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
@@ -88,21 +88,32 @@ def _tiny_onnx(store, tmp_path_factory, *sets):
 
 @pytest.fixture(scope="session")
 def onnx_model(synthetic_store, tmp_path_factory):
-    """A tiny model trained for two epochs on the synthetic store, exported to ONNX."""
+    """A tiny model of the emulator's design (the kernel decides where convection is),
+    trained for two epochs on the synthetic store, exported to ONNX."""
     return _tiny_onnx(synthetic_store, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def onnx_model_two_stage(synthetic_store, tmp_path_factory):
-    """The same with a separate trigger network (the runtime's two-stage path)."""
-    return _tiny_onnx(synthetic_store, tmp_path_factory, "model.trigger_hidden=8")
+def onnx_model_seed(synthetic_store, tmp_path_factory):
+    """The same with the seed paper's design (a learned trigger, no kernel)."""
+    return _tiny_onnx(synthetic_store, tmp_path_factory, "model.design=seed", "model.level_stride=1",
+                      "loss=mae")
 
 
 @pytest.fixture(scope="session")
-def onnx_model_updraft(synthetic_store, tmp_path_factory):
-    """The same with MSKF's updraft, downdraft and the drafts' initial tendencies as input,
-    scaled by a closure factor, and the updraft as the trigger (the runtime's updraft path)."""
-    return _tiny_onnx(synthetic_store, tmp_path_factory, "model.updraft_features=true",
-                      "model.updraft_trigger=true", "model.trigger_hidden=0",
-                      "model.downdraft_features=true", "model.tendency_features=true",
-                      "model.closure_factor=true")
+def oracle_store(oracle_files, tmp_path_factory):
+    """A store of two oracle files of one grid spacing: *_00 trains, the columns of *_01 are
+    shared out between validation and test (configs/prepare_oracle.yaml)."""
+    from training.prepare import PrepareConfig, prepare
+
+    files = [str(p) for p in oracle_files if "_05km_" in p.name]
+    out = tmp_path_factory.mktemp("oracle_store") / "store"
+    prepare(PrepareConfig.load(REPO / "configs" / "prepare_oracle.yaml", input=files, out=str(out),
+                               scheduler="synchronous"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def onnx_model_oracle(oracle_store, tmp_path_factory):
+    """A tiny model of the emulator's design trained on MSKF's own columns."""
+    return _tiny_onnx(oracle_store, tmp_path_factory, "epochs=1")

@@ -55,10 +55,13 @@ def assert_same_store(a: Path, b: Path):
 def test_oracle_store_counts_splits_and_statistics(oracle_files, tmp_path):
     report = prepare(config(oracle_files, tmp_path / "store", name="prepare_oracle.yaml"))
     cols = report["columns"]
-    assert report["files"]["read"] == 10 and report["units"]["done"] == 10
+    assert report["files"]["read"] == 10
     assert cols["total"]["columns"] == 40960
     assert cols["total"]["kept"] == 40960 - cols["total"]["dropped_nonfinite"]
-    assert cols["train"]["columns"] == cols["validation"]["columns"] == 20480
+    assert cols["train"]["columns"] == 20480
+    # The columns of *_01.nc shared out between validation and test, about half each.
+    assert cols["validation"]["columns"] + cols["test"]["columns"] == 20480
+    assert 0.4 < cols["validation"]["columns"] / 20480 < 0.6
     # The oracle README: 32.0 % deep, 8.6 % shallow.
     assert cols["total"]["deep"] == 13098 and cols["total"]["shallow"] == 3522
     store = Store(tmp_path / "store")
@@ -67,32 +70,47 @@ def test_oracle_store_counts_splits_and_statistics(oracle_files, tmp_path):
     for batch in manifest["batches"]:
         for file_id, _ in batch["units"]:
             assert (batch["split"] == "train") == (manifest["files"][file_id] in train_files)
+    # Whole blocks of 8 x 8 columns go to one split, and no column to two.
+    keys = sample_keys(store)
+    assert not keys["validation"] & keys["test"]
+    for split in ("validation", "test"):
+        blocks = {(f, i // 8, j // 8) for f, _, i, j in keys[split]}
+        other = {(f, i // 8, j // 8) for f, _, i, j in keys[{"validation": "test", "test": "validation"}[split]]}
+        assert not blocks & other
 
-    # Statistics over the train split only: compare with numpy on the train files.
+    # Statistics over the train split only, every level pooled: compare with numpy.
     stats = json.loads((tmp_path / "store" / "stats.json").read_text())
-    t_lowest = []
-    rth_triggered = []
+    t, rth_triggered, p = [], [], []
     for path in sorted(train_files):
         raw = xr.open_dataset(path)
-        t_lowest.append(((raw.T[0, 0] + 300) * raw.PI_PHY[0, 0]).values.ravel())
+        t.append(((raw.T[0] + 300) * raw.PI_PHY[0]).values.ravel())
+        p.append((raw.P[0] + raw.PB[0]).values.ravel())
         rth = raw.RTHCUTEN[0].values.reshape(44, -1)
         active = (rth != 0).any(axis=0) | (raw.RQVCUTEN[0].values.reshape(44, -1) != 0).any(axis=0)
-        rth_triggered.append(rth[:, active])
-    t_lowest = np.concatenate(t_lowest)
-    assert stats["inputs"]["T_PHY"]["mean"][0] == pytest.approx(t_lowest.mean(), rel=1e-6)
-    assert stats["inputs"]["T_PHY"]["std"][0] == pytest.approx(t_lowest.std(), rel=1e-4)
-    rth_triggered = np.concatenate(rth_triggered, axis=1)
-    assert stats["targets"]["RTHCUTEN"]["count"][20] == rth_triggered.shape[1]
-    assert stats["targets"]["RTHCUTEN"]["mean"][20] == pytest.approx(rth_triggered[20].mean(), rel=1e-5)
-    assert 0 < stats["targets"]["RTHCUTEN"]["abs_p50"][20] < stats["targets"]["RTHCUTEN"]["abs_p99"][20]
+        rth_triggered.append(rth[:, active].ravel())
+    t, p, rth_triggered = map(np.concatenate, (t, p, rth_triggered))
+    assert stats["inputs"]["T_PHY"]["mean"] == pytest.approx(t.mean(), rel=1e-6)
+    assert stats["inputs"]["T_PHY"]["std"] == pytest.approx(t.std(), rel=1e-4)
+    assert stats["targets"]["RTHCUTEN"]["count"] == rth_triggered.size
+    assert stats["targets"]["RTHCUTEN"]["mean"] == pytest.approx(rth_triggered.mean(), rel=1e-5)
+    assert 0 < stats["targets"]["RTHCUTEN"]["abs_p50"] < stats["targets"]["RTHCUTEN"]["abs_p99"]
+    # Profile ranges per pressure band.
+    bands = stats["inputs"]["T_PHY"]["by_pressure"]
+    edges = np.array(bands["edges_pa"])
+    k = int(np.searchsorted(edges, 85000.0)) - 1
+    inside = (p >= edges[k]) & (p < edges[k + 1])
+    assert bands["count"][k] == inside.sum()
+    assert bands["min"][k] == pytest.approx(t[inside].min()) and bands["max"][k] == pytest.approx(t[inside].max())
 
-    # Provenance leads back to the source column.
+    # Provenance leads back to the source column, and to its sounding family.
     train = store.open_split("train")
     k = 1234
     src = xr.open_dataset(manifest["files"][int(train.FILE_ID[k])])
     i, j = int(train.I[k]), int(train.J[k])
     np.testing.assert_array_equal(train.RTHCUTEN[k].values, src.RTHCUTEN[0, :, j, i].values)
     assert float(train.DX[k]) == src.attrs["DX"]
+    assert int(train.FAMILY[k]) == int(src.ORACLE_FAMILY[0, j, i])
+    assert "wk82" in store.file_info(int(train.FILE_ID[k]))["families"]
 
 
 def test_real_wrf_history(ideal_files, tmp_path):
@@ -204,7 +222,7 @@ def test_corrupt_file_is_skipped_or_stops_the_job(synthetic_files, tmp_path):
     assert out.returncode == 2 and "wrfout_d01_broken" in out.stderr
 
 
-def test_missing_variable_and_inconsistent_levels_are_named(synthetic_files, tmp_path):
+def test_missing_variable_is_named_and_grids_may_differ(synthetic_files, tmp_path):
     no_w0 = _modified_copy(synthetic_files[1], tmp_path / "wrfout_no_w0avg",
                            lambda ds: ds.__delitem__("W0AVG"))
     with pytest.raises(ValueError) as err:
@@ -212,12 +230,18 @@ def test_missing_variable_and_inconsistent_levels_are_named(synthetic_files, tmp
     assert str(no_w0) in str(err.value) and "W0AVG" in str(err.value)
     assert "+:h:0:w0avg" in str(err.value)
 
+    # Runs on another vertical grid go to shards of their own.
     from training.synthetic.generate import GenerateConfig, generate
 
-    short = generate(GenerateConfig(nx=6, ny=6, n_levels=20, dx=[25000.0], run_minutes=10),
-                     tmp_path / "short", progress=False)[0]
-    with pytest.raises(ValueError, match=r"inconsistent dimensions.*44 mass levels[\s\S]*dx25km.*\(20 levels\)"):
-        prepare(config([*synthetic_files[:3], short], tmp_path / "store2"))
+    short = generate(GenerateConfig(nx=6, ny=6, n_levels=20, dx=[25000.0], run_minutes=30),
+                     tmp_path / "short", progress=False)
+    report = prepare(config([*synthetic_files[:3], *short], tmp_path / "store2",
+                            "split.validation_fraction=0"))
+    store = Store(tmp_path / "store2")
+    levels = {open_shard(s).sizes["level"] for s in store.shards("train")}
+    assert levels == {44, 20}
+    assert report["columns"]["train"]["columns"] == 3 * 144 + len(short) * 36
+    assert store.contract().n_levels is None
 
 
 def test_another_jobs_store_is_not_overwritten(synthetic_files, tmp_path):

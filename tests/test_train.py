@@ -1,4 +1,5 @@
-"""`mlcu train` and `mlcu evaluate` on a small store: resume, DDP, warm start, report."""
+"""`mlcu train` and `mlcu evaluate` on a small store of MSKF's own columns: learning, resume,
+DDP, warm starts (from a run and from an exported model), report."""
 
 import json
 import os
@@ -21,8 +22,8 @@ TINY = ["epochs=3", "batch_size=64", "threads=1", "model.hidden=8", "model.layer
 
 
 @pytest.fixture(scope="module")
-def store(synthetic_store):
-    return synthetic_store
+def store(oracle_store):
+    return oracle_store
 
 
 def train_cmd(store, out, *sets, launcher=(str(BIN / "mlcu"),)):
@@ -43,6 +44,11 @@ def test_training_resumes_after_sigkill_to_the_same_weights(store, tmp_path):
     history = json.loads((ref / "metrics.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert (ref / "metrics.csv").read_text().startswith("epoch,train_loss")
+    # It learns: on MSKF's columns the losses fall by a fifth or more in three epochs (measured:
+    # train 0.80 -> 0.51, validation 0.58 -> 0.42 with these settings).
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+    assert history[-1]["val_loss"] < 0.85 * history[0]["val_loss"]
+    assert history[-1]["val_r2_RQVCUTEN"] > history[0]["val_r2_RQVCUTEN"] + 0.05
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd(store, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -61,50 +67,81 @@ def test_training_resumes_after_sigkill_to_the_same_weights(store, tmp_path):
     assert other.returncode == 2 and "other settings" in other.stderr
 
 
-def test_ddp_with_two_processes(store, tmp_path):
-    run = tmp_path / "ddp"
+def test_ddp_with_two_processes_trains_as_one(store, tmp_path):
+    """Two data-parallel processes see the same columns per step as one process: the same
+    training up to the order of sums (measured: validation loss 0.5492 against 0.5476)."""
+    run, single = tmp_path / "ddp", tmp_path / "single"
     launcher = (str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(BIN / "mlcu"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(train_cmd(store, run, "epochs=2", launcher=launcher), capture_output=True,
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    history = json.loads((run / "metrics.json").read_text())
-    assert len(history) == 2 and history[-1]["val_loss"] < history[0]["train_loss"] * 10
-    model = build_model(run)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    assert subprocess.run(train_cmd(store, single, "epochs=2"), capture_output=True).returncode == 0
+    ddp, one = (json.loads((r / "metrics.json").read_text()) for r in (run, single))
+    assert len(ddp) == 2 and ddp[-1]["val_loss"] < 0.95 * ddp[0]["val_loss"]
+    assert ddp[-1]["val_loss"] == pytest.approx(one[-1]["val_loss"], rel=0.02)
+    assert build_model(run).state_dict().keys() == build_model(single).state_dict().keys()
 
 
 def test_warm_start_and_side_by_side_report(store, tmp_path):
-    first, second = tmp_path / "first", tmp_path / "second"
-    assert subprocess.run(train_cmd(store, first, "epochs=1"), capture_output=True).returncode == 0
-    out = subprocess.run(train_cmd(store, second, "epochs=1") + ["--init-from", str(first)],
-                         capture_output=True, text=True)
+    first, second, shipped = tmp_path / "first", tmp_path / "second", tmp_path / "shipped"
+    assert subprocess.run(train_cmd(store, first, "epochs=2"), capture_output=True).returncode == 0
+    out = subprocess.run(train_cmd(store, second, "epochs=1", "learning_rate=1e-4") +
+                         ["--init-from", str(first)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert json.loads((second / "model.json").read_text())["init_from"] == str(first)
-    report = evaluate([first, second], store, "validation", tmp_path / "report")
+    # Warm started: after one more epoch at a small learning rate, where the first run ended.
+    losses = [json.loads((r / "metrics.json").read_text())[-1]["val_loss"] for r in (first, second)]
+    assert losses[1] < 1.05 * losses[0]
+    # From an exported model: it carries its weights (a shipped model can be retrained).
+    from training.export import export
+
+    export(first, tmp_path / "first.onnx")
+    out = subprocess.run(train_cmd(store, shipped, "epochs=1", "learning_rate=1e-4") +
+                         ["--init-from", str(tmp_path / "first.onnx")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    started = json.loads((shipped / "metrics.json").read_text())[-1]["val_loss"]
+    assert started == pytest.approx(losses[1], rel=1e-3)
+    bad = subprocess.run(train_cmd(store, tmp_path / "bad", "epochs=1", "model.hidden=9") +
+                         ["--init-from", str(tmp_path / "first.onnx")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "model settings" in bad.stderr
+
+    report = evaluate([first, second], store, "test", tmp_path / "report")
     assert set(report["results"]) == {"first", "second"}
     for name in ("report.md", "report.json", "profiles.png", "r2_per_level.png",
-                 "pratec_scatter.png", "trigger_confusion.png"):
+                 "bias_per_level.png", "pratec_scatter.png", "kind_confusion.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     scores = report["results"]["first"]
     assert set(scores["regression"]) >= {"RTHCUTEN", "RQVCUTEN", "PRATEC", "NCA", "CUTOP"}
-    assert 0.0 <= scores["trigger"]["accuracy"] <= 1.0
+    # The kernel's trigger and kinds are MSKF's on its own columns.
+    assert scores["trigger"]["f1"] > 0.99 and scores["kind"]["agreement"] > 0.99
+    assert scores["kind"]["shallow_outputs_raining"] == 0
     assert set(scores["profile_error"]) >= {"RTHCUTEN", "RQVCUTEN"} and "PRATEC" not in scores["profile_error"]
+    assert set(scores["groups"]["regime"]) >= {"wk82", "jordan", "cont"}
     assert "Where the profile error lies" in (tmp_path / "report" / "report.md").read_text()
     cli = subprocess.run([str(BIN / "mlcu"), "evaluate", "--model", str(first), "--store", str(store),
-                          "--out", str(tmp_path / "cli")], capture_output=True, text=True)
+                          "--split", "test", "--out", str(tmp_path / "cli")], capture_output=True, text=True)
     assert cli.returncode == 0 and "trigger F1" in cli.stdout
 
 
 def test_configs_load_and_bad_settings_are_refused():
     default = TrainConfig.load(REPO / "configs" / "train.yaml")
     seed = TrainConfig.load(REPO / "configs" / "seed-baseline.yaml")
-    assert (seed.model.hidden, seed.model.layers, seed.loss) == (32, 3, "mae")
-    assert seed.model.input_normalisation == seed.model.target_normalisation == "absmax"
-    assert default.model.derived_features and not seed.model.derived_features
+    assert (seed.model.hidden, seed.model.layers, seed.loss, seed.model.design) == (32, 3, "mae", "seed")
+    assert default.model.design == "kernel" and default.threads == 0
     assert TrainConfig.load(None, ["learning_rate=3e-3"]).learning_rate == 0.003
     with pytest.raises(ValueError, match="unknown training settings.*model.size"):
         TrainConfig.load(None, ["model.size=3"])
+
+
+def test_default_threads_share_the_cores_among_local_processes(monkeypatch):
+    from training.train import default_threads
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_threads() == cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))
+    assert default_threads() == 1
 
 
 def test_batches_cover_each_column_once_and_subsets_by_file(store):

@@ -94,7 +94,7 @@ def _headline(name: str, res: dict) -> str:
 def _evaluate(args) -> int:
     from training.evaluate import evaluate
 
-    report = evaluate(args.model, args.store, args.split, args.out)
+    report = evaluate(args.model, args.store, args.split, args.out, raw=args.raw)
     for name, res in report["results"].items():
         print(_headline(name, res))
     print(f"report: {args.out}/report.md")
@@ -102,7 +102,7 @@ def _evaluate(args) -> int:
 
 
 def _export(args) -> int:
-    from emulator.export import PARITY_TOLERANCE, export
+    from training.export import PARITY_TOLERANCE, export
 
     errors = export(args.run, args.out, store=args.store, tolerance=args.tolerance or PARITY_TOLERANCE)
     worst = max(errors, key=lambda k: errors[k]["max_rel"])
@@ -220,13 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "evaluate", help="score trained models on a store split and write a report",
-        description="Predict a split of a training store with one or more trained models and "
-                    "write one report comparing them (Markdown, JSON, PNG plots).")
+        description="Run a split of a training store through the runtime with one or more "
+                    "trained models (what WRF receives: the kernel's trigger, the constraints, "
+                    "MSKF's semantics) and write one report comparing them (Markdown, JSON, PNG "
+                    "plots).")
     ev.add_argument("--model", nargs="+", required=True, metavar="RUN_DIR_OR_ONNX",
                     help="run folders of mlcu train or exported .onnx models; several are "
                          "compared side by side")
     ev.add_argument("--store", required=True, help="training store")
     ev.add_argument("--split", default="validation", help="split to score (default validation)")
+    ev.add_argument("--raw", action="store_true",
+                    help="score the unconstrained network (its outputs gated by its trigger) "
+                         "instead of what the runtime writes")
     ev.add_argument("--out", required=True, help="report folder")
     ev.set_defaults(func=_evaluate)
 

@@ -48,6 +48,11 @@ NOT_CALLED = "not_called"
 PAIRINGS = ("history", "single_call")
 SAMPLE_CLASSES = (INACTIVE, SHALLOW, DEEP)  # stored, in this order of class codes 0, 1, 2
 MSKF = 11  # its cu_physics option
+# The regime of a column: the sounding family of the MSKF oracle files, or the regime of
+# mlcu augment's columns; with the attribute naming the codes.
+REGIME_FIELDS = {"ORACLE_FAMILY": "ORACLE_FAMILY_NAMES", "AUGMENT_REGIME": "AUGMENT_REGIME_NAMES"}
+# The condensate species: not model inputs, but the runtime's constraints read them.
+SPECIES = ("QCLOUD", "QRAIN", "QICE", "QSNOW")
 LEFTOVER_OUTPUTS = ("PRATEC", "RUCUTEN", "RVCUTEN", "CLDFRA_DP", "CLDFRA_SH", "QC_CU", "QI_CU")
 
 
@@ -59,6 +64,7 @@ class UnitColumns:
     column_class: np.ndarray  # int8 codes of SAMPLE_CLASSES
     i: np.ndarray
     j: np.ndarray
+    family: np.ndarray  # the column's regime (REGIME_FIELDS), else -1
     counts: dict[str, int] = field(default_factory=dict)
     dropped: list[dict] = field(default_factory=list)
 
@@ -79,6 +85,25 @@ def stepcu(attrs: dict) -> int:
         cudt = float(np.asarray(attrs["CUDT"]).ravel()[0])
         return max(1, int(round(cudt * 60.0 / float(attrs["DT"]))))
     return 1
+
+
+def updated_w0avg(w0avg: np.ndarray, w: np.ndarray, steps_per_call: int) -> np.ndarray:
+    """MSKF's running mean of w after a call's update, (W0AVG (TST - 1) + w_mass) / TST with
+    TST = 2 STEPCU, in float32 as the runtime computes it (``emulator.runtime.update_w0avg``)."""
+    f = np.float32
+    tst = f(2.0 * max(1, int(steps_per_call)))
+    w_mass = f(0.5) * (w[:, :-1] + w[:, 1:])
+    return ((w0avg * (tst - f(1.0)) + w_mass * f(1.0)) / tst).astype(np.float32)
+
+
+def regime_names(attrs: dict) -> str:
+    """The names of a file's regime codes as "code=name ...": ORACLE_FAMILY_NAMES as it is,
+    AUGMENT_REGIME_NAMES (names in code order) numbered."""
+    if "ORACLE_FAMILY_NAMES" in attrs:
+        return str(attrs["ORACLE_FAMILY_NAMES"])
+    if "AUGMENT_REGIME_NAMES" in attrs:
+        return " ".join(f"{k}={n}" for k, n in enumerate(str(attrs["AUGMENT_REGIME_NAMES"]).split()))
+    return ""
 
 
 def convected(rthcuten: np.ndarray, rqvcuten: np.ndarray) -> np.ndarray:
@@ -146,10 +171,13 @@ def call_lag(frame: xr.Dataset, steps_per_call: int) -> np.ndarray:
 
 
 def extract(frame: xr.Dataset, contract: Contract, steps_per_call: int,
-            pairing: str = "history") -> UnitColumns:
-    """Training columns of one time of an opened wrfout (``open_wrfout(...).isel(Time=t)``)."""
+            pairing: str = "history", share=None) -> UnitColumns:
+    """Training columns of one time of an opened wrfout (``open_wrfout(...).isel(Time=t)``);
+    with ``share`` (a function of the 0-based i, j of every column giving a mask), only the
+    columns it keeps, and only they are counted."""
     ny, nx = frame.sizes["south_north"], frame.sizes["west_east"]
     jj, ii = np.divmod(np.arange(ny * nx), nx)
+    mine = np.ones(ny * nx, dtype=bool) if share is None else share(ii, jj)
     lag = call_lag(frame, steps_per_call) if pairing == "history" else None
     classes = classify(frame, steps_per_call, pairing, lag)
     arrays = {}
@@ -158,6 +186,13 @@ def extract(frame: xr.Dataset, contract: Contract, steps_per_call: int,
             arrays[var.name] = np.full((ny * nx, 1), frame.attrs[var.name], dtype=np.float32)
         else:
             arrays[var.name] = _flatten(frame[var.name])
+    for name in SPECIES:  # a file without the species: none
+        arrays[name] = (_flatten(frame[name]) if name in frame
+                        else np.zeros((ny * nx, frame.sizes["bottom_top"]), np.float32))
+    if pairing == "single_call":
+        # MSKF updates W0AVG before it reads it: the value it used (that of the file where the
+        # running mean is steady, as in the oracle files).
+        arrays["W0AVG"] = updated_w0avg(arrays["W0AVG"], arrays["W"], steps_per_call)
     if pairing == "history":
         # The NCA target is what the call set, before WRF's countdown.
         deep = classes == DEEP
@@ -168,14 +203,21 @@ def extract(frame: xr.Dataset, contract: Contract, steps_per_call: int,
     for name, values in arrays.items():
         bad = ~np.isfinite(values).all(axis=1)
         finite &= ~bad
-        for col in np.flatnonzero(bad):
+        for col in np.flatnonzero(bad & mine):
             bad_vars[col].append(name)
-    sample = np.isin(classes, SAMPLE_CLASSES) & finite
-    counts = {name: int(np.sum((classes == name) & finite)) for name in SAMPLE_CLASSES + (HELD, EXPIRED, NOT_CALLED)}
-    counts["columns"] = ny * nx
-    counts["dropped_nonfinite"] = int(np.sum(~finite))
+    sample = np.isin(classes, SAMPLE_CLASSES) & finite & mine
+    counts = {name: int(np.sum((classes == name) & finite & mine))
+              for name in SAMPLE_CLASSES + (HELD, EXPIRED, NOT_CALLED)}
+    counts["columns"] = int(mine.sum())
+    counts["dropped_nonfinite"] = int(np.sum(~finite & mine))
     counts["kept"] = int(sample.sum())
-    dropped = [{"i": int(ii[c]), "j": int(jj[c]), "variables": bad_vars[c]} for c in np.flatnonzero(~finite)]
+    dropped = [{"i": int(ii[c]), "j": int(jj[c]), "variables": bad_vars[c]}
+               for c in np.flatnonzero(~finite & mine)]
     codes = np.array([SAMPLE_CLASSES.index(c) for c in classes[sample]], dtype=np.int8)
+    family = np.full(ny * nx, -1, np.int32)
+    for name in REGIME_FIELDS:
+        if name in frame:
+            family = _flatten(frame[name])[:, 0].astype(np.int32)
     return UnitColumns({k: v[sample] for k, v in arrays.items()}, codes, ii[sample], jj[sample],
-                       counts, dropped)
+                       family[sample], counts, dropped)
+

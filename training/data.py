@@ -1,6 +1,8 @@
 """Mini-batches of columns from a training store, read block by block (never the whole split).
 
-The split's shards are cut into blocks of ``block_size`` columns. Each epoch the block order is
+Every batch comes from one block of one shard, so its columns share one grid (a store may hold
+several level counts, never within a shard). The split's shards are cut into blocks of
+``block_size`` columns. Each epoch the block order is
 shuffled with (seed, epoch) and within a loaded block the columns are shuffled again, so the
 sequence of batches depends only on the seed, the epoch and the rank, and a resumed run sees
 the same data as an uninterrupted one. Under data parallelism every rank reads every block
@@ -18,21 +20,23 @@ import zarr
 from torch.utils.data import IterableDataset
 
 from emulator.contract import Contract
-from training.store import Store, open_shard
+from training.columns import SPECIES
+from training.store import PROVENANCE, Store, open_shard
 
 
 class ColumnBatches(IterableDataset):
     def __init__(self, store: Store, split: str, contract: Contract, batch_size: int,
                  shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 block_size: int = 4096, file_ids: set | None = None):
-        self.names = contract.input_names + contract.output_names
-        self.columnar = {v.name for v in contract.inputs + contract.outputs if v.level in ("surface", "scalar")}
+                 block_size: int = 4096, file_ids: set | None = None, shards: list | None = None):
+        self.names = contract.input_names + contract.output_names + list(SPECIES) + list(PROVENANCE)
+        self.columnar = {v.name for v in contract.inputs + contract.outputs
+                         if v.level in ("surface", "scalar")} | set(PROVENANCE)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.file_ids = file_ids
         self.epoch = 0
         self.blocks = []
-        for shard in store.shards(split):
+        for shard in store.shards(split) if shards is None else shards:
             n = zarr.open_array(shard / "provenance", mode="r").shape[0]
             self.blocks += [(shard, start, min(start + block_size, n)) for start in range(0, n, block_size)]
         if not self.blocks:

@@ -158,3 +158,51 @@ def negative_water_fraction(q, tendency, hold_seconds) -> float:
     hold = np.broadcast_to(np.asarray(hold_seconds, dtype=np.float64), q.shape[:1])
     after = q + np.asarray(tendency, dtype=np.float64) * hold[:, None]
     return float(np.mean(np.any(after < 0.0, axis=1))) if q.shape[0] else 0.0
+
+
+def pooled_and_banded(truth: list, pred: list, pressure: list, masks: list, edges) -> dict:
+    """R2, RMSE, MAE and bias of profile outputs given as parts of one grid each ((N_g, L_g)
+    arrays, ``masks`` selecting columns): pooled over all levels and columns, and per pressure
+    band (``edges``, Pa, ascending) for profiles on any grids."""
+    t = np.concatenate([np.asarray(a, np.float64)[m].ravel() for a, m in zip(truth, masks)])
+    p = np.concatenate([np.asarray(a, np.float64)[m].ravel() for a, m in zip(pred, masks)])
+    where = np.concatenate([np.asarray(a)[m].ravel() for a, m in zip(pressure, masks)])
+    band = np.clip(np.searchsorted(edges, where) - 1, 0, len(edges) - 2)
+    bands = [_scores(t[band == b], p[band == b]) | {"n": int(np.sum(band == b))}
+             for b in range(len(edges) - 1)]
+    centres = np.sqrt(np.asarray(edges[:-1]) * np.asarray(edges[1:])) / 100.0
+    return {"pooled": {**_scores(t, p), "n": int(t.size)},
+            "by_pressure": {"pressure_hPa": centres.tolist(),
+                            **{key: [b[key] for b in bands] for key in ("r2", "bias", "rmse", "n")}}}
+
+
+def output_class(trigger, nca, dt, cudt) -> np.ndarray:
+    """The kind of convection (0 none, 1 shallow, 2 deep) of columns as the scheme left them:
+    shallow convection holds for exactly CUDT minutes (NCA = CUDT 60 s), deep convection for a
+    whole number of steps (NCA >= DT)."""
+    trigger = np.asarray(trigger, bool)
+    shallow_hold = np.asarray(cudt, np.float64) * 60.0
+    nca = np.nan_to_num(np.asarray(nca, np.float64), nan=-1.0)
+    deep = trigger & (np.abs(nca - shallow_hold) >= 0.5) & (nca >= 0.5 * np.asarray(dt, np.float64))
+    return np.where(trigger, np.where(deep, 2, 1), 0).astype(np.int8)
+
+
+KINDS = ("none", "shallow", "deep")
+
+
+def kind_scores(truth_class, pred_class, pred_pratec, pred_cldfra_dp_max, pred_cldfra_sh_max) -> dict:
+    """Agreement of the kind of convection (0 none, 1 shallow, 2 deep) and MSKF's semantics of
+    the outputs: the confusion matrix (rows truth, columns output), the fraction agreeing,
+    truly shallow columns that came out deep, and outputs that break the semantics (shallow
+    columns that rain or carry a deep cloud, deep ones with a shallow cloud): the last three
+    are zero by construction of the runtime."""
+    truth_class, pred_class = np.asarray(truth_class), np.asarray(pred_class)
+    confusion = [[int(np.sum((truth_class == a) & (pred_class == b))) for b in range(3)] for a in range(3)]
+    shallow, deep = pred_class == 1, pred_class == 2
+    return {"confusion": confusion, "kinds": list(KINDS),
+            "agreement": _ratio(int(np.sum(truth_class == pred_class)), truth_class.size),
+            "shallow_made_deep": int(np.sum((truth_class == 1) & deep)),
+            "deep_made_shallow": int(np.sum((truth_class == 2) & shallow)),
+            "shallow_outputs_raining": int(np.sum(shallow & (np.asarray(pred_pratec) > 0))),
+            "shallow_outputs_with_deep_cloud": int(np.sum(shallow & (np.asarray(pred_cldfra_dp_max) > 0))),
+            "deep_outputs_with_shallow_cloud": int(np.sum(deep & (np.asarray(pred_cldfra_sh_max) > 0)))}

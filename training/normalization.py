@@ -1,11 +1,12 @@
-"""Normalisation statistics, accumulated streaming over the training split.
+"""Statistics of a training split, accumulated streaming, shard by shard.
 
-Per variable and per level: count, mean and standard deviation (sums in float64, Chan's
-pairwise update so that partial results merge), minimum, maximum and the fraction of exact
-zeros; for targets also robust scales for heavy-tailed tendencies: the median and 99th
-percentile of |x| over non-zero values, from a log-spaced histogram of |x|. Inputs are
-described over all columns, targets over triggered columns only (TRIGGER itself over all
-columns).
+They do not depend on the vertical grid: every variable is described over all its values, all
+levels pooled (count, mean, standard deviation with sums in float64 and Chan's pairwise update
+so that partial results merge, minimum, maximum, fraction of exact zeros; for targets also the
+median and 99th percentile of |x| over non-zero values from a log-spaced histogram). Profile
+inputs are also described per pressure band (count, minimum, maximum): the ranges the
+runtime's out-of-distribution check compares a column with, on any grid. Inputs are described
+over all columns, targets over triggered columns only (TRIGGER itself over all columns).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 LOG_MIN, LOG_MAX, BINS = -24.0, 8.0, 640  # log10 |x| histogram: 0.05-decade bins
+# Pressure bands of the profile ranges: 48 bands equal in log-pressure, 5 to 1100 hPa.
+PRESSURE_EDGES_PA = np.geomspace(500.0, 110000.0, 49)
 FORMAT = "mlcu-normalization"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class RunningStats:
@@ -101,17 +104,110 @@ class RunningStats:
         }
 
 
+def pressure_band(p: np.ndarray) -> np.ndarray:
+    """Index of the pressure band (PRESSURE_EDGES_PA) of each pressure (Pa), clipped to the
+    outermost bands."""
+    return np.clip(np.searchsorted(PRESSURE_EDGES_PA, p) - 1, 0, len(PRESSURE_EDGES_PA) - 2)
+
+
+def _level_pressure(values: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """The pressure of each value of a profile: mass levels their own; full levels that of
+    the mass level above (the top one that of the highest mass level)."""
+    if values.shape[1] == p.shape[1]:
+        return p
+    return np.concatenate([p, p[:, -1:]], axis=1)
+
+
+class PressureRanges:
+    """Count, minimum and maximum of a profile variable per pressure band."""
+
+    def __init__(self):
+        n = len(PRESSURE_EDGES_PA) - 1
+        self.count = np.zeros(n)
+        self.min = np.full(n, np.inf)
+        self.max = np.full(n, -np.inf)
+
+    def update(self, values: np.ndarray, p: np.ndarray) -> None:
+        band = pressure_band(_level_pressure(values, p)).ravel()
+        x = values.ravel().astype(np.float64)
+        self.count += np.bincount(band, minlength=self.count.size)
+        np.minimum.at(self.min, band, x)
+        np.maximum.at(self.max, band, x)
+
+    def merge(self, other: "PressureRanges") -> None:
+        self.count += other.count
+        self.min = np.minimum(self.min, other.min)
+        self.max = np.maximum(self.max, other.max)
+
+    def state(self) -> dict:
+        return {"band_count": self.count, "band_min": self.min, "band_max": self.max}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PressureRanges":
+        ranges = cls()
+        ranges.count, ranges.min, ranges.max = (np.array(state[k]) for k in
+                                                ("band_count", "band_min", "band_max"))
+        return ranges
+
+    def to_dict(self) -> dict:
+        seen = self.count > 0
+        return {"edges_pa": PRESSURE_EDGES_PA.tolist(), "count": self.count.astype(int).tolist(),
+                "min": np.where(seen, self.min, 0.0).tolist(),
+                "max": np.where(seen, self.max, 0.0).tolist()}
+
+
+class VariableStats:
+    """A variable's pooled statistics, and for a profile input its pressure-band ranges."""
+
+    def __init__(self, robust: bool, profile: bool):
+        self.pooled = RunningStats(1, robust)
+        self.bands = PressureRanges() if profile else None
+
+    def update(self, values: np.ndarray, p: np.ndarray | None = None) -> None:
+        self.pooled.update(values.reshape(-1, 1))
+        if self.bands is not None:
+            self.bands.update(values, p)
+
+    def merge(self, other: "VariableStats") -> None:
+        self.pooled.merge(other.pooled)
+        if self.bands is not None:
+            self.bands.merge(other.bands)
+
+    def state(self) -> dict:
+        return self.pooled.state() | (self.bands.state() if self.bands is not None else {})
+
+    @classmethod
+    def from_state(cls, state: dict) -> "VariableStats":
+        stats = cls(robust="hist" in state, profile="band_count" in state)
+        stats.pooled = RunningStats.from_state({k: v for k, v in state.items()
+                                                if not k.startswith("band_")})
+        if stats.bands is not None:
+            stats.bands = PressureRanges.from_state(state)
+        return stats
+
+    def to_dict(self) -> dict:
+        out = {k: v[0] for k, v in self.pooled.to_dict().items()}
+        if self.bands is not None:
+            out["by_pressure"] = self.bands.to_dict()
+        return out
+
+
 def accumulate(arrays: dict, contract) -> dict:
     """Statistics of one batch of columns ({name: (column, values)}): inputs over all columns,
     targets over triggered ones."""
     trigger = contract.outputs[0].name
     triggered = arrays[trigger][:, 0] > 0.5
+    p = arrays["P_HYD"]
     stats = {}
     for var in contract.inputs + contract.outputs:
         values = arrays[var.name]
         is_target = var in contract.outputs and var.name != trigger
-        stats[var.name] = RunningStats(values.shape[1], robust=is_target)
-        stats[var.name].update(values[triggered] if is_target else values)
+        profile = not is_target and var.level in ("mass", "w") and var.name != "P_HYD"
+        stats[var.name] = VariableStats(robust=is_target, profile=profile)
+        if is_target:
+            stats[var.name].update(values[triggered])
+        else:
+            stats[var.name].update(values, p)
     return stats
 
 
@@ -123,4 +219,6 @@ def summary(stats: dict, contract) -> dict:
         "inputs": {v.name: stats[v.name].to_dict() for v in contract.inputs},
         "targets": {v.name: stats[v.name].to_dict() for v in contract.outputs},
         "targets_over": f"columns with {trigger} = 1 ({trigger} itself over all columns)",
+        "levels_pooled": "every statistic is over all levels of all grids; profile inputs also "
+                         "per pressure band (by_pressure)",
     }

@@ -29,9 +29,10 @@ import numpy as np
 from tqdm import tqdm
 
 from emulator.contract import Contract, default_contract
-from training.columns import EXPIRED, HELD, NOT_CALLED, PAIRINGS, SAMPLE_CLASSES, extract, stepcu
+from training.columns import (EXPIRED, HELD, NOT_CALLED, PAIRINGS, REGIME_FIELDS, SAMPLE_CLASSES,
+                              SPECIES, extract, regime_names, stepcu)
 from training.normalization import accumulate, summary
-from training.splits import SPLITS, SplitConfig, assign
+from training.splits import SPLITS, SplitConfig, assign, column_splits
 from training.settings import checked_settings
 from training.store import Store, concat_units, write_json
 from training.wrfout import WrfoutError, open_wrfout
@@ -109,34 +110,44 @@ def scan_file(path: str) -> dict:
                                                f"bottom_top)", "unreadable": False}
             times = [b"".join(row).decode() for row in np.atleast_2d(nc["Times"][:].data)]
             attrs = {k: nc.getncattr(k) for k in ("DT", "STEPCU", "CUDT") if k in nc.ncattrs()}
+            families = regime_names({k: nc.getncattr(k) for k in REGIME_FIELDS.values()
+                                     if k in nc.ncattrs()})
     except OSError as err:
         return {"path": path, "error": f"{path}: cannot be read as netCDF ({err})", "unreadable": True}
     if "DT" not in attrs:
         return {"path": path, "error": f"{path}: variable DT: global attribute missing",
                 "unreadable": False}
+    cudt = float(np.asarray(attrs.get("CUDT", 0.0)).ravel()[0])
     return {"path": path, "times": [t.replace("_", "T") for t in times],
             "n_levels": dims["bottom_top"], "columns": dims["south_north"] * dims["west_east"],
-            "stepcu": stepcu(attrs)}
+            "stepcu": stepcu(attrs), "cudt": cudt, "families": families}
 
 
 def process_batch(batch: dict, store_root: str, contract_json: str, pairing: str,
                   fail_fast: bool) -> dict:
-    """Extract the training columns of a batch of (file, time) units into one shard."""
+    """Extract the training columns of a batch of (file, time) units, all on one grid, into
+    one shard."""
     store = Store(store_root)
     if store.batch_done(batch["id"]):
         return store.batch_record(batch["id"])
-    contract = Contract.from_json(contract_json)
+    contract = Contract.from_json(contract_json).with_levels(batch["n_levels"])
     parts, records = [], []
     for unit in batch["units"]:
         try:
-            frame = open_wrfout(unit["path"], contract, extras=("TIMEC_KF", "ITIMESTEP"),
+            frame = open_wrfout(unit["path"], contract, extras=("TIMEC_KF", "ITIMESTEP") + tuple(REGIME_FIELDS) + SPECIES,
                                 chunks=None, time=unit["time_index"]).isel(Time=0).load()
         except (WrfoutError, OSError, RuntimeError) as err:
             if fail_fast or (isinstance(err, WrfoutError) and not err.unreadable):
                 raise
             records.append(dict(unit, error=f"{unit['path']} (time {unit['time_index']}): {err}"))
             continue
-        cols = extract(frame, contract, unit["stepcu"], pairing)
+        share = None
+        if unit.get("shared_by"):  # a file whose columns are shared out among splits
+            def share(i, j, unit=unit):
+                splits = unit["shared_by"]
+                return column_splits(unit["path"], i, j, splits, unit["column_block"]) \
+                    == splits.index(batch["split"])
+        cols = extract(frame, contract, unit["stepcu"], pairing, share)
         parts.append((unit["file_id"], unit["time_index"], cols))
         records.append(dict(unit, counts=cols.counts,
                             dropped=[dict(d, path=unit["path"], time=unit["time"]) for d in cols.dropped]))
@@ -204,25 +215,38 @@ def runner(scheduler: str, workers: int | None):
 
 def _plan(scans: list[dict], split_cfg: SplitConfig, shard_columns: int) -> list[dict]:
     """Units (file, time) in input order, their splits, and batches of consecutive units of
-    one split holding about ``shard_columns`` columns."""
+    one split and one grid (level count) holding about ``shard_columns`` columns. A unit
+    whose columns are shared out among several splits goes to a batch of each, which keeps
+    its share."""
     units = []
     for file_id, scan in enumerate(scans):
         if "error" in scan:
             continue
         for t, time in enumerate(scan["times"]):
             units.append({"file_id": file_id, "path": scan["path"], "time_index": t, "time": time,
-                          "stepcu": scan["stepcu"], "columns": scan["columns"]})
+                          "stepcu": scan["stepcu"], "columns": scan["columns"],
+                          "n_levels": scan["n_levels"]})
     splits = assign([{"path": u["path"], "time": np.datetime64(u["time"])} for u in units], split_cfg)
     batches, filled = {}, {}
     for unit, split in zip(units, splits):
-        groups = batches.setdefault(split, [[]])
-        if groups[-1] and filled[split] + unit["columns"] > shard_columns:
-            groups.append([])
-            filled[split] = 0
-        groups[-1].append(unit)
-        filled[split] = filled.get(split, 0) + unit["columns"]
-    return [{"id": f"{split}-{k:05d}", "split": split, "units": group}
-            for split in SPLITS for k, group in enumerate(batches.get(split, []))]
+        for name in split if isinstance(split, list) else [split]:
+            share = len(split) if isinstance(split, list) else 1
+            if isinstance(split, list):
+                unit = dict(unit, shared_by=split, column_block=split_cfg.column_block)
+            key = (name, unit["n_levels"])
+            groups = batches.setdefault(key, [[]])
+            if groups[-1] and filled[key] + unit["columns"] / share > shard_columns:
+                groups.append([])
+                filled[key] = 0
+            groups[-1].append(unit)
+            filled[key] = filled.get(key, 0) + unit["columns"] / share
+    out = []
+    for split in SPLITS:
+        for n_levels in sorted(n for s, n in batches if s == split):
+            for k, group in enumerate(batches[(split, n_levels)]):
+                out.append({"id": f"{split}-L{n_levels:03d}-{k:05d}", "split": split,
+                            "n_levels": n_levels, "units": group})
+    return out
 
 
 def _check_scans(scans: list[dict], fail_fast: bool) -> list[dict]:
@@ -231,23 +255,15 @@ def _check_scans(scans: list[dict], fail_fast: bool) -> list[dict]:
     if invalid or (fail_fast and unreadable):
         raise ValueError("input files are not usable WRF history files:\n  "
                          + "\n  ".join(s["error"] for s in invalid + unreadable))
-    good = [s for s in scans if "error" not in s]
-    if not good:
+    if not any("error" not in s for s in scans):
         raise ValueError("none of the input files can be read")
-    levels = {}
-    for s in good:
-        levels.setdefault(s["n_levels"], []).append(s["path"])
-    if len(levels) > 1:
-        common = max(levels, key=lambda n: len(levels[n]))
-        odd = [f"{p} ({n} levels)" for n, ps in levels.items() if n != common for p in ps]
-        raise ValueError(f"inconsistent dimensions: most inputs have {common} mass levels, these "
-                         f"differ:\n  " + "\n  ".join(odd))
     return [{"path": s["path"], "error": s["error"]} for s in unreadable]
 
 
-def _statistics(store: Store, contract: Contract, batches: list[dict]) -> dict:
+def _statistics(store: Store, contract: Contract, batches: list[dict]) -> dict | None:
     """Normalisation statistics over the train split: the batches' partial statistics merged
-    in plan order (so a resumed job gets the same numbers)."""
+    in plan order (so a resumed job gets the same numbers); None for a store without one (to
+    evaluate on)."""
     total = None
     for batch in batches:
         if batch["split"] != "train":
@@ -258,9 +274,7 @@ def _statistics(store: Store, contract: Contract, batches: list[dict]) -> dict:
         else:
             for name, st in part.items():
                 total[name].merge(st)
-    if total is None:
-        raise ValueError("the train split is empty: no normalisation statistics")
-    return summary(total, contract)
+    return summary(total, contract) if total is not None else None
 
 
 def prepare(cfg: PrepareConfig, contract: Contract | None = None) -> dict:
@@ -279,14 +293,13 @@ def prepare(cfg: PrepareConfig, contract: Contract | None = None) -> dict:
             scans[order[path]] = scan
         skipped = _check_scans(scans, cfg.fail_fast)
         first = next(s for s in scans if "error" not in s)
-        bound = contract.with_levels(first["n_levels"])
-        open_wrfout(first["path"], bound)  # fail fast on a missing variable (reads no data)
+        open_wrfout(first["path"], contract)  # fail fast on a missing variable (reads no data)
         batches = _plan(scans, cfg.split, cfg.shard_columns)
-        job = {"files": files, "settings": job_settings, "contract": bound.to_dict()}
+        job = {"files": files, "settings": job_settings, "contract": contract.to_dict()}
         store.begin(job, overwrite=cfg.overwrite)
         records, invalid = {}, []
         for batch, result in run.map(process_batch, batches, "prepare", store_root=str(store.root),
-                                     contract_json=bound.to_json(), pairing=cfg.pairing,
+                                     contract_json=contract.to_json(), pairing=cfg.pairing,
                                      fail_fast=cfg.fail_fast):
             if isinstance(result, Exception):
                 if cfg.fail_fast:
@@ -297,14 +310,20 @@ def prepare(cfg: PrepareConfig, contract: Contract | None = None) -> dict:
         if invalid:
             raise ValueError("input files do not fit the variable contract:\n  " + "\n  ".join(invalid))
 
-    stats = _statistics(store, bound, batches)
-    write_json(store.path("stats.json"), stats)
+    stats = _statistics(store, contract, batches)
+    if stats is not None:
+        write_json(store.path("stats.json"), stats)
     report = _report(files, skipped, [records[b["id"]] for b in batches], cfg.pairing)
-    manifest = {"contract": bound.to_dict(), "files": files, "pairing": cfg.pairing,
-                "batches": [{"id": b["id"], "split": b["split"],
+    # What the evaluation needs of each file besides its columns: the cumulus interval (the
+    # hold of shallow convection) and the names of its regimes.
+    file_info = [{"cudt": s.get("cudt", 0.0), "families": s.get("families", ""),
+                  "n_levels": s.get("n_levels")} for s in scans]
+    manifest = {"contract": contract.to_dict(), "files": files, "file_info": file_info,
+                "pairing": cfg.pairing,
+                "batches": [{"id": b["id"], "split": b["split"], "n_levels": b["n_levels"],
                              "units": [[u["file_id"], u["time_index"]] for u in b["units"]]}
                             for b in batches],
-                "normalization": "stats.json", "report": report}
+                "normalization": "stats.json" if stats is not None else None, "report": report}
     write_json(store.path("report.json"), report)
     store.finish(manifest)
     return report

@@ -31,11 +31,12 @@ import xarray as xr
 from emulator.derive import activated
 from emulator.runtime import Runtime
 from training import evaluate as ev
-from training.columns import PAIRINGS, SAMPLE_CLASSES, extract, stepcu
+from training.columns import (PAIRINGS, REGIME_FIELDS, SAMPLE_CLASSES, SPECIES, extract, regime_names,
+                              stepcu)
 from training.report import write_report
 from training.wrfout import open_wrfout
 
-SPECIES = ("QCLOUD", "QRAIN", "QICE", "QSNOW")
+
 SINGLE_CALL_NCA = -100.0  # what mskf_init leaves in NCA, so every column is evaluated
 
 
@@ -45,6 +46,14 @@ def _comm():
     except ImportError:
         return None
     return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
+def open_attrs(path) -> dict:
+    """The global attributes of a netCDF file."""
+    import netCDF4
+
+    with netCDF4.Dataset(path) as nc:
+        return {k: nc.getncattr(k) for k in nc.ncattrs()}
 
 
 def tiles(nx: int, ny: int, tile: tuple[int, int]) -> list[tuple[int, int, int, int]]:
@@ -145,7 +154,8 @@ def to_dataset(arrays: dict, frame: xr.Dataset, runtime: Runtime) -> xr.Dataset:
 
 
 def predictions(arrays: dict, runtime: Runtime, i: np.ndarray, j: np.ndarray, n_levels: int) -> dict:
-    """Columns (i, j) (0-based) of the outputs, in the (column, levels) form of the scores."""
+    """Columns (i, j) (0-based) of the outputs, in the (column, levels) form of the scores;
+    TRIGGER as the scheme's activity, as ``training.evaluate`` reads it."""
     pred = {}
     for name in runtime.contract.output_names[1:]:
         a = arrays[name]
@@ -164,13 +174,14 @@ def replay(model, inputs: list, out_dir, pairing: str = "history", tile=(16, 16)
     rank = comm.Get_rank() if comm else 0
     out_dir = Path(out_dir)
     runtime, counts = None, {}
-    truth_parts, pred_parts, classes = [], [], []
-    for path in paths:
+    parts, regimes, file_names = [], {}, {}
+    for file_id, path in enumerate(paths):
+        file_names[file_id] = Path(path).name
         written = []
         n_times = open_wrfout(path, outputs=False).sizes["Time"]
         for t in range(n_times):
             frame = open_wrfout(path, runtime.contract if runtime else None,
-                                extras=SPECIES + ("TIMEC_KF", "ITIMESTEP"), chunks=None,
+                                extras=SPECIES + ("TIMEC_KF", "ITIMESTEP") + tuple(REGIME_FIELDS), chunks=None,
                                 time=t).isel(Time=0).load()
             if runtime is None:
                 runtime = Runtime.from_options({**(options or {}), "model": str(model),
@@ -180,26 +191,29 @@ def replay(model, inputs: list, out_dir, pairing: str = "history", tile=(16, 16)
                 continue
             counts = {k: counts.get(k, 0) + v for k, v in c.items()}
             written.append(to_dataset(arrays, frame, runtime))
-            cols = extract(frame, runtime.contract, stepcu(frame.attrs), pairing)
-            truth_parts.append(cols.arrays)
-            pred_parts.append(predictions(arrays, runtime, cols.i, cols.j, runtime.n_levels))
-            classes.append(cols.column_class)
+            nz = frame.sizes["bottom_top"]
+            cols = extract(frame, runtime.contract.with_levels(nz), stepcu(frame.attrs), pairing)
+            truth = {k: (v[:, 0] if v.shape[1] == 1 else v) for k, v in cols.arrays.items()}
+            n = len(cols.i)
+            cudt = float(np.asarray(frame.attrs.get("CUDT", 0.0)).ravel()[0])
+            parts.append(ev._part(truth, predictions(arrays, runtime, cols.i, cols.j, nz),
+                                  cols.column_class, cols.family, np.full(n, frame.attrs["DX"]),
+                                  np.full(n, frame.attrs["DT"]), np.full(n, cudt))
+                         | {"file_id": np.full(n, file_id)})
+            regimes[file_id] = ev.family_names(regime_names(open_attrs(path)))
         if rank == 0 and written:
             out_dir.mkdir(parents=True, exist_ok=True)
             xr.concat(written, "Time").to_netcdf(out_dir / Path(path).name)
     if rank != 0:
         return None
-    if not truth_parts:
+    if not parts:
         raise ValueError(f"no input files matched {inputs}")
-    truth = {k: np.concatenate([p[k] for p in truth_parts]) for k in truth_parts[0]}
-    truth = {k: (v[:, 0] if v.ndim == 2 and v.shape[1] == 1 else v) for k, v in truth.items()}
-    pred = {k: np.concatenate([p[k] for p in pred_parts]) for k in pred_parts[0]}
-    column_class = np.concatenate(classes)
     name = Path(model).name
-    results = {name: ev.score(truth, pred, runtime.trigger, column_class)}
+    results = {name: ev.score(parts, runtime.trigger, regimes, file_names)}
     results[name]["runtime_counts"] = counts
+    column_class = np.concatenate([p["class"] for p in parts])
     results[name]["columns_scored"] = {c: int(np.sum(column_class == k)) for k, c in enumerate(SAMPLE_CLASSES)}
-    report = write_report(out_dir, results, {name: ev.profiles(truth, pred, runtime.trigger)},
-                          {name: {"truth": truth["PRATEC"] * 3600.0, "pred": pred["PRATEC"] * 3600.0}},
+    rain = {side: np.concatenate([p[side]["PRATEC"] for p in parts]) * 3600.0 for side in ("truth", "pred")}
+    report = write_report(out_dir, results, {name: ev.profiles(parts, runtime.trigger)}, {name: rain},
                           f"Replay of {len(paths)} file(s) with {model} (pairing {pairing})")
     return report

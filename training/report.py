@@ -13,9 +13,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 PLOTS = {"profiles.png": "Mean profiles of triggered columns",
-         "r2_per_level.png": "R2 per level on triggered columns",
+         "r2_per_level.png": "R2 per pressure band on triggered columns",
+         "bias_per_level.png": "Bias per pressure band on triggered columns",
          "pratec_scatter.png": "Convective precipitation rate",
-         "trigger_confusion.png": "Trigger confusion matrices"}
+         "kind_confusion.png": "Kind of convection: MSKF (rows) against the emulator (columns)"}
+GROUP_SCORES = ("RTHCUTEN", "RQVCUTEN", "RQCCUTEN", "RQICUTEN", "RUCUTEN", "RVCUTEN", "PRATEC")
 
 
 def _jsonable(obj):
@@ -64,24 +66,35 @@ def _markdown(title, results):
     models = list(results)
     variables = _union(_get(r, "regression") for r in results.values())
     thresholds = _union(_get(r, "precipitation", "ets") for r in results.values())
-    lines = [f"# {title}", "", "## Tendencies on triggered columns (pooled R2 / RMSE)", ""]
+    lines = [f"# {title}", "", "## Outputs on triggered columns (pooled R2 / RMSE; R2 on all columns)", ""]
     lines += _table(["Variable"] + models, [
         [v] + [f"{_fmt(_get(results[m], 'regression', v, 'triggered', 'pooled', 'r2'))} / "
-               f"{_fmt(_get(results[m], 'regression', v, 'triggered', 'pooled', 'rmse'))}"
+               f"{_fmt(_get(results[m], 'regression', v, 'triggered', 'pooled', 'rmse'))}; "
+               f"{_fmt(_get(results[m], 'regression', v, 'all', 'pooled', 'r2'))}"
                for m in models] for v in variables])
     keys = ["accuracy", "precision", "recall", "f1", "csi"]
     lines += ["## Trigger", ""] + _table(["Model", "Accuracy", "Precision", "Recall", "F1", "CSI"], [
         [m] + [_fmt(_get(results[m], "trigger", k), ".3f") for k in keys] for m in models])
+    kind = ["agreement", "shallow_made_deep", "deep_made_shallow", "shallow_outputs_raining",
+            "shallow_outputs_with_deep_cloud", "deep_outputs_with_shallow_cloud"]
+    lines += ["## Kind of convection (none, shallow, deep) against MSKF's", "",
+              "Shallow columns made deep: MSKF shallow, emulator deep. The last three columns "
+              "count outputs that break MSKF's semantics; the runtime makes them zero.", ""]
+    lines += _table(["Model", "Agreement", "Shallow made deep", "Deep made shallow",
+                     "Shallow raining", "Shallow with deep cloud", "Deep with shallow cloud"], [
+        [m] + [_fmt(_get(results[m], "kind", k), ".4f" if k == "agreement" else "d") for k in kind]
+        for m in models])
     lines += ["## Precipitation", ""] + _table(
         ["Model", "R2", "Bias (mm/h)"] + [f"ETS >= {t} mm/h" for t in thresholds],
         [[m, _fmt(_get(results[m], "precipitation", "r2"), ".3f"),
           _fmt(_get(results[m], "precipitation", "bias_mm_per_h"))]
          + [_fmt(_get(results[m], "precipitation", "ets", t), ".3f") for t in thresholds]
          for m in models])
-    lines += ["## NCA", ""] + _table(["Model", "Within one step", "Mean abs error (steps)", "Columns"], [
-        [m, _fmt(_get(results[m], "nca", "within_one_step_fraction"), ".1%"),
-         _fmt(_get(results[m], "nca", "mean_abs_steps")), _fmt(_get(results[m], "nca", "n"), "d")]
-        for m in models])
+    lines += ["## NCA (columns both MSKF and the emulator make deep)", ""] + _table(
+        ["Model", "Within one step", "Mean abs error (steps)", "Columns"], [
+            [m, _fmt(_get(results[m], "nca", "within_one_step_fraction"), ".1%"),
+             _fmt(_get(results[m], "nca", "mean_abs_steps")), _fmt(_get(results[m], "nca", "n"), "d")]
+            for m in models])
     lines += ["## Cloud base and top levels", ""] + _table(
         ["Model", "CUBOT exact", "CUBOT within one", "CUTOP exact", "CUTOP within one"],
         [[m] + [_fmt(_get(results[m], "cloud_levels", v, k), ".1%")
@@ -96,12 +109,26 @@ def _markdown(title, results):
         [v] + [f"{_fmt(_get(results[m], 'profile_error', v, 'amplitude_fraction'), '.0%')} / "
                f"{_fmt(_get(results[m], 'profile_error', v, 'cloud_top_off_fraction'), '.0%')}"
                for m in models] for v in profiles])
-    lines += ["## Physics", ""] + _table(
-        ["Model", "Water residual mean abs (mm/h)", "Water residual p99 abs (mm/h)",
-         "Negative water fraction"],
+    lines += ["## Physics of the outputs", ""] + _table(
+        ["Model", "Water budget residual mean abs (mm/h)", "Water budget residual max abs (mm/h)",
+         "Columns with vapour negative over the hold"],
         [[m, _fmt(_get(results[m], "physics", "water_budget_residual_mm_per_h", "mean_abs")),
-          _fmt(_get(results[m], "physics", "water_budget_residual_mm_per_h", "p99_abs")),
+          _fmt(_get(results[m], "physics", "water_budget_residual_mm_per_h", "max_abs")),
           _fmt(_get(results[m], "physics", "negative_water_fraction"), ".2%")] for m in models])
+    for group, heading, first in (("regime", "Per regime (sounding family, or file)", "Regime"),
+                                  ("dx_km", "Per grid spacing", "DX (km)")):
+        lines += [f"## {heading}", "", "Trigger F1, kind agreement and pooled R2 on triggered columns.", ""]
+        header = [first, "Model", "Columns", "Triggered", "Trigger F1", "Kind"] + list(GROUP_SCORES)
+        rows = []
+        for key in _union(_get(r, "groups", group) for r in results.values()):
+            for m in models:
+                g = _get(results[m], "groups", group, key)
+                if g is None:
+                    continue
+                rows.append([key, m, _fmt(g.get("columns"), "d"), _fmt(g.get("triggered"), "d"),
+                             _fmt(g.get("trigger_f1"), ".4f"), _fmt(g.get("kind_agreement"), ".4f")]
+                            + [_fmt(g.get(v), ".3f") for v in GROUP_SCORES])
+        lines += _table(header, rows)
     lines += ["## Plots", ""] + [f"![{text}]({name})" for name, text in PLOTS.items()]
     return "\n".join(lines) + "\n"
 
@@ -141,23 +168,24 @@ def _plot_profiles(profiles, path):
     _save(fig, path)
 
 
-def _plot_r2(results, profiles, path):
-    variables = _union(_get(r, "regression") for r in results.values())
+def _plot_by_pressure(results, key, path, xlabel, clip=None):
+    """One panel per profile output: a score per pressure band (``key`` of by_pressure)."""
+    variables = [v for v in _union(_get(r, "regression") for r in results.values())
+                 if any(_get(r, "regression", v, "triggered", "by_pressure") for r in results.values())]
     fig, axes = _panels(len(variables))
     for ax, var in zip(axes, variables):
-        on_pressure = False
         for model, res in results.items():
-            r2 = _get(res, "regression", var, "triggered", "per_level", "r2")
-            if r2 is None:
+            bands = _get(res, "regression", var, "triggered", "by_pressure")
+            if not bands:
                 continue
-            pressure = _get(profiles, model, var, "pressure_hPa")
-            on_pressure = pressure is not None and len(pressure) == len(r2)
-            y = _floats(pressure) if on_pressure else np.arange(len(r2))
-            ax.plot(np.clip(_floats(r2), -1.0, 1.0), y, "o-", ms=3, label=model)
-        if on_pressure:
-            ax.invert_yaxis()
-        ax.set(title=var, xlabel="R2 (clipped at -1)", xlim=(-1.05, 1.05),
-               ylabel="pressure (hPa)" if on_pressure else "level")
+            x = _floats(bands[key])
+            if clip is not None:
+                x = np.clip(x, *clip)
+            ax.plot(x, _floats(bands["pressure_hPa"]), "o-", ms=3, label=model)
+        if key == "bias":
+            ax.axvline(0.0, color="0.8", lw=0.8)
+        ax.invert_yaxis()
+        ax.set(title=var, xlabel=xlabel, ylabel="pressure (hPa)")
         ax.legend(fontsize="small")
     _save(fig, path)
 
@@ -177,15 +205,16 @@ def _plot_scatter(scatter, path):
 
 
 def _plot_confusion(results, path):
-    fig, axes = _panels(len(results), width=3.5, height=3.2)
+    fig, axes = _panels(len(results), width=3.8, height=3.4)
     for ax, (model, res) in zip(axes, results.items()):
-        counts = np.array(_get(res, "trigger", "confusion") or [[0, 0], [0, 0]])
+        counts = np.array(_get(res, "kind", "confusion") or np.zeros((3, 3), int))
         ax.imshow(counts, cmap="Blues", vmin=0)
         for (i, j), n in np.ndenumerate(counts):
             ax.text(j, i, f"{n:d}", ha="center", va="center",
                     color="white" if n > 0.6 * counts.max() else "black")
-        ax.set(title=model, xticks=[0, 1], yticks=[0, 1], xticklabels=["no", "yes"],
-               yticklabels=["no", "yes"], xlabel="predicted trigger", ylabel="true trigger")
+        names = ["none", "shallow", "deep"]
+        ax.set(title=model, xticks=[0, 1, 2], yticks=[0, 1, 2], xticklabels=names,
+               yticklabels=names, xlabel="emulator", ylabel="MSKF")
     _save(fig, path)
 
 
@@ -202,7 +231,8 @@ def write_report(out_dir, results: dict, profiles: dict, scatter: dict, title: s
     (out / "report.json").write_text(json.dumps(report, indent=1))
     (out / "report.md").write_text(_markdown(title, report["results"]))
     _plot_profiles(report["profiles"], out / "profiles.png")
-    _plot_r2(report["results"], report["profiles"], out / "r2_per_level.png")
+    _plot_by_pressure(report["results"], "r2", out / "r2_per_level.png", "R2 (clipped at -1)", (-1.0, 1.0))
+    _plot_by_pressure(report["results"], "bias", out / "bias_per_level.png", "bias (prediction - MSKF)")
     _plot_scatter(scatter, out / "pratec_scatter.png")
-    _plot_confusion(report["results"], out / "trigger_confusion.png")
+    _plot_confusion(report["results"], out / "kind_confusion.png")
     return report

@@ -5,7 +5,11 @@ Every unit goes to exactly one split, so no column can appear in two. Two method
 * ``files`` (default): whole files, or whole cases (``case: directory`` keeps every file of a
   run folder together). The first rule whose pattern (fnmatch on the path) matches decides;
   other cases are placed by a stable hash of their name, ``validation_fraction`` and
-  ``test_fraction`` of them outside train.
+  ``test_fraction`` of them outside train. A rule may name several splits
+  (``split: [validation, test]``): the file's columns are then shared out among them in
+  blocks of ``column_block`` x ``column_block`` columns, each block placed by a stable hash
+  of (file name, block), so that neighbouring columns stay together and a split never
+  depends on where the data lie.
 * ``time_blocks``: history times are cut into blocks of ``block_minutes`` counted from the
   earliest time of the inputs, and blocks go to the splits of ``block_cycle`` in turn.
 """
@@ -25,12 +29,14 @@ SPLITS = ("train", "validation", "test")
 @dataclass
 class SplitConfig:
     method: str = "files"
-    rules: list = field(default_factory=list)  # [{pattern: "*_01.nc", split: validation}]
+    # [{pattern: "*_00.nc", split: train}, {pattern: "*_01.nc", split: [validation, test]}]
+    rules: list = field(default_factory=list)
     case: str = "file"  # file | directory
     validation_fraction: float = 0.2
     test_fraction: float = 0.0
     block_minutes: float = 60.0
     block_cycle: list = field(default_factory=lambda: ["train", "train", "train", "validation"])
+    column_block: int = 8  # columns per side of the blocks of a file split by columns
 
     def __post_init__(self):
         if self.method not in ("files", "time_blocks"):
@@ -38,8 +44,14 @@ class SplitConfig:
         if self.case not in ("file", "directory"):
             raise ValueError(f"split.case must be 'file' or 'directory', got {self.case!r}")
         for rule in self.rules:
-            if set(rule) != {"pattern", "split"} or rule["split"] not in SPLITS:
-                raise ValueError(f"split rule {rule!r} needs 'pattern' and a 'split' in {SPLITS}")
+            names = rule.get("split")
+            names = names if isinstance(names, list) else [names]
+            if set(rule) != {"pattern", "split"} or not names or any(n not in SPLITS for n in names) \
+                    or len(set(names)) != len(names):
+                raise ValueError(f"split rule {rule!r} needs 'pattern' and a 'split' in {SPLITS} "
+                                 "(or a list of different ones)")
+        if self.column_block < 1:
+            raise ValueError(f"split.column_block must be >= 1, got {self.column_block}")
         if any(s not in SPLITS for s in self.block_cycle) or not self.block_cycle:
             raise ValueError(f"split.block_cycle must list splits from {SPLITS}")
         if not 0 <= self.validation_fraction + self.test_fraction <= 1:
@@ -50,10 +62,11 @@ def _hash_fraction(key: str) -> float:
     return int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / 16**12
 
 
-def file_split(path: str, cfg: SplitConfig) -> str:
+def file_split(path: str, cfg: SplitConfig) -> str | list:
+    """The split of a file, or the list of splits its columns are shared out among."""
     for rule in cfg.rules:
         if fnmatch.fnmatch(path, rule["pattern"]) or fnmatch.fnmatch(Path(path).name, rule["pattern"]):
-            return rule["split"]
+            return list(rule["split"]) if isinstance(rule["split"], list) else rule["split"]
     # Keys use the run folder's name, not the full path, so splits do not depend on where
     # the data lie.
     p = Path(path)
@@ -66,8 +79,20 @@ def file_split(path: str, cfg: SplitConfig) -> str:
     return "train"
 
 
-def assign(units: list[dict], cfg: SplitConfig) -> list[str]:
-    """Split of each unit ({'path', 'time'} with time a numpy datetime64)."""
+def column_splits(path: str, i: np.ndarray, j: np.ndarray, splits: list, block: int) -> np.ndarray:
+    """Index into ``splits`` of columns (i, j) (0-based west_east, south_north) of a file split
+    by columns: equal shares of blocks of ``block`` x ``block`` columns, by a stable hash of
+    the file's name and the block."""
+    bi, bj = np.asarray(i) // block, np.asarray(j) // block
+    keys = {(a, b): _hash_fraction(f"{Path(path).name}/{a}/{b}")
+            for a, b in set(zip(bi.tolist(), bj.tolist()))}
+    u = np.array([keys[(a, b)] for a, b in zip(bi.tolist(), bj.tolist())])
+    return np.minimum((u * len(splits)).astype(int), len(splits) - 1)
+
+
+def assign(units: list[dict], cfg: SplitConfig) -> list:
+    """Split of each unit ({'path', 'time'} with time a numpy datetime64): a name, or a list of
+    names when the unit's columns are shared out among them (``column_splits``)."""
     if cfg.method == "files":
         return [file_split(u["path"], cfg) for u in units]
     times = np.array([u["time"] for u in units], dtype="datetime64[s]")

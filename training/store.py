@@ -3,11 +3,14 @@
 Layout of a store folder::
 
     job.json                      what the job was started with (inputs, settings, contract)
-    shards/<split>/<batch>.zarr   columns of a batch of (file, time) units of one split,
-                                  packed by level kind (few large arrays write and read fast):
-                                  ``mass`` (sample, variable, level), ``w`` (sample, variable,
-                                  level_w), ``column`` (sample, variable), ``provenance``
-                                  (sample, FILE_ID/TIME_INDEX/I/J/COLUMN_CLASS); each array
+    shards/<split>/<batch>.zarr   the columns (contract variables and the condensate species)
+                                  of a batch of (file, time) units of one split and one grid (a
+                                  store may hold several grids: level counts differ between
+                                  shards, never within one), packed by level kind (few large
+                                  arrays write and read fast): ``mass`` (sample, variable,
+                                  level), ``w`` (sample, variable, level_w), ``column``
+                                  (sample, variable), ``provenance`` (sample,
+                                  FILE_ID/TIME_INDEX/I/J/COLUMN_CLASS/FAMILY); each array
                                   names its variables in its ``variables`` attribute
     batches/<batch>.json          the batch's per-unit counts, dropped columns and failures;
                                   written after its shard
@@ -35,13 +38,13 @@ import xarray as xr
 from zarr.codecs import BloscCodec
 
 from emulator.contract import Contract
-from training.columns import SAMPLE_CLASSES
-from training.normalization import RunningStats
+from training.columns import SAMPLE_CLASSES, SPECIES
+from training.normalization import VariableStats
 
 FORMAT = "mlcu-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: several grids per store, per-variable statistics, regimes
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")  # fast to write and read
-PROVENANCE = ("FILE_ID", "TIME_INDEX", "I", "J", "COLUMN_CLASS")
+PROVENANCE = ("FILE_ID", "TIME_INDEX", "I", "J", "COLUMN_CLASS", "FAMILY")
 
 
 def write_json(path: Path, data) -> None:
@@ -101,7 +104,7 @@ class Store:
             for key in npz.files:
                 name, field = key.split("/")
                 states.setdefault(name, {})[field] = npz[key]
-        return {name: RunningStats.from_state(state) for name, state in states.items()}
+        return {name: VariableStats.from_state(state) for name, state in states.items()}
 
     def shard_path(self, split: str, batch_id: str) -> Path:
         return self.path("shards", split, f"{batch_id}.zarr")
@@ -109,7 +112,7 @@ class Store:
     def write_batch(self, batch_id: str, split: str, columns: dict, contract: Contract,
                     record: dict, stats: dict | None = None) -> None:
         """Write the shard of ``columns`` (``concat_units``), its partial normalisation
-        statistics (``{name: RunningStats}``), then its record."""
+        statistics (``{name: VariableStats}``), then its record."""
         if stats is not None:
             tmp = self.path("batches", f".{batch_id}.{uuid.uuid4().hex}.tmp")
             with open(tmp, "wb") as fh:
@@ -135,34 +138,56 @@ class Store:
         path = self.path("store.json")
         if not path.exists():
             raise FileNotFoundError(f"{self.root} is not a complete store (no store.json)")
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
+        if manifest.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{self.root}: store format version {manifest.get('version')}; this "
+                             f"code reads version {FORMAT_VERSION}: prepare the store again")
+        return manifest
 
     def contract(self) -> Contract:
+        """The store's contract, not bound to a level count (shards may differ)."""
         return Contract.from_dict(self.manifest()["contract"])
+
+    def file_info(self, file_id: int) -> dict:
+        """What the store knows of an input file: path, cumulus interval CUDT (min), regime
+        names."""
+        manifest = self.manifest()
+        info = (manifest.get("file_info") or [{}] * len(manifest["files"]))[int(file_id)]
+        return {"path": manifest["files"][int(file_id)], "cudt": 0.0, "families": ""} | info
 
     def shards(self, split: str) -> list[Path]:
         return sorted(self.path("shards", split).glob("*.zarr"))
 
     def open_split(self, split: str) -> xr.Dataset:
-        """All columns of a split as one lazy dataset (dimension ``sample``), one variable per
-        contract name plus the provenance fields."""
+        """All columns of a split on one grid as one lazy dataset (dimension ``sample``), one
+        variable per contract name plus the provenance fields."""
         shards = self.shards(split)
         if not shards:
             raise ValueError(f"{self.root}: split {split!r} has no columns")
-        return xr.concat([open_shard(s) for s in shards], dim="sample")
+        parts = [open_shard(s) for s in shards]
+        levels = {p.sizes.get("level") for p in parts}
+        if len(levels) > 1:
+            raise ValueError(f"{self.root}: split {split!r} holds several grids ({sorted(levels)} "
+                             "levels); read it shard by shard")
+        return xr.concat(parts, dim="sample")
 
 
 def concat_units(parts: list, contract: Contract) -> dict:
-    """[(file_id, time_index, UnitColumns)] -> {name: (sample, values)} with provenance."""
+    """[(file_id, time_index, UnitColumns)] -> {name: (sample, values)} with provenance
+    (``contract`` bound to the units' level count)."""
     cols = [c for _, _, c in parts]
     n_levels = contract.n_levels
     out = {v.name: np.concatenate([c.arrays[v.name] for c in cols]) if cols
            else np.zeros((0, v.size(n_levels)), np.float32) for v in contract.inputs + contract.outputs}
+    for name in SPECIES:
+        out[name] = (np.concatenate([c.arrays[name] for c in cols]) if cols
+                     else np.zeros((0, n_levels), np.float32))
     out["FILE_ID"] = np.concatenate([np.full(len(c.i), f) for f, _, c in parts] or [[]])
     out["TIME_INDEX"] = np.concatenate([np.full(len(c.i), t) for _, t, c in parts] or [[]])
     out["I"] = np.concatenate([c.i for c in cols] or [[]])
     out["J"] = np.concatenate([c.j for c in cols] or [[]])
     out["COLUMN_CLASS"] = np.concatenate([c.column_class for c in cols] or [[]])
+    out["FAMILY"] = np.concatenate([c.family for c in cols] or [[]])
     return out
 
 
@@ -170,6 +195,7 @@ def _groups(contract: Contract) -> dict:
     groups = {"mass": [], "w": [], "column": []}
     for var in contract.inputs + contract.outputs:
         groups[var.level if var.level in ("mass", "w") else "column"].append(var.name)
+    groups["mass"] += list(SPECIES)
     return groups
 
 
@@ -185,6 +211,7 @@ def pack(columns: dict, contract: Contract) -> xr.Dataset:
     data["provenance"] = (("sample", "provenance_field"), provenance,
                           {"variables": list(PROVENANCE), "COLUMN_CLASS":
                            ", ".join(f"{k}={c}" for k, c in enumerate(SAMPLE_CLASSES)),
+                           "FAMILY": "the column's regime (ORACLE_FAMILY or AUGMENT_REGIME), else -1",
                            "I": "west_east index, 0-based", "J": "south_north index, 0-based"})
     return xr.Dataset(data)
 

@@ -14,12 +14,15 @@ checkpoint; data order depends only on (seed, epoch), so it ends with the same w
 uninterrupted run. Under ``torchrun`` the job runs data-parallel (DDP; gloo on CPU, NCCL on
 GPU); rank 0 writes. On a GPU the forward pass runs in bfloat16 autocast.
 
-Loss: binary cross-entropy of the trigger logit (weight ``trigger_weight``) plus the weighted
-mean over output variables of the regression error (``mse`` or ``mae``) in normalised units,
-over the triggered columns of the batch only (``variable_weights`` per variable, default 1);
-outputs in ``model.log_targets`` are learned in log space on the columns where they are >= 1;
-``model.level_targets`` (CUBOT, CUTOP) by cross-entropy over the levels; NCA, when
-``model.advective_nca`` derives it from the cloud base, not at all.
+Loss: the weighted mean over regressed outputs of the regression error (``mse`` or ``mae``) in
+normalised units (``variable_weights`` per variable, default 1), over the columns that convect:
+for the kernel design those where MSKF or the kernel convects (the trigger, cloud base and top
+and NCA are the kernel's, not learned); for the seed design those where MSKF convects, plus the
+binary cross-entropy of its learned trigger (weight ``trigger_weight``). Targets zero in all
+training data are predicted as zero and left out.
+
+``threads`` 0 (the default) means the cores this process may use divided by the training
+processes on this node: torch's own default oversubscribes a shared machine.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from emulator import features as ft
 from emulator.contract import Contract
 from emulator.model import CumulusLSTM, ModelConfig, count_parameters
 from training import metrics
@@ -62,7 +66,7 @@ class TrainConfig:
     # Rotate each training column's horizontal wind and momentum tendencies by a random
     # angle: MSKF does not depend on the wind's direction (an exact symmetry).
     rotate_winds: bool = False
-    threads: int = 0  # torch CPU threads per process; 0 = torch's default
+    threads: int = 0  # torch CPU threads per process; 0 = this process's cores / local processes
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @classmethod
@@ -98,6 +102,16 @@ def write_model_spec(run_dir: Path, store: Store, model: ModelConfig, init_from=
     _atomic_text(Path(run_dir) / "model.json", json.dumps(spec))
 
 
+def default_threads() -> int:
+    """The cores this process may use, shared among the training processes of this node."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, cores // max(1, local))
+
+
 def build_model(run_dir: Path, weights: str | None = "best.pt") -> CumulusLSTM:
     """The trained model of a run folder (``weights=None``: freshly initialised)."""
     spec = json.loads((Path(run_dir) / "model.json").read_text())
@@ -109,33 +123,65 @@ def build_model(run_dir: Path, weights: str | None = "best.pt") -> CumulusLSTM:
     return model.eval()
 
 
+def initial_weights(source) -> tuple[dict, dict]:
+    """(state dict, model spec) to start from: a run folder's best weights, or an exported
+    model (which carries its training weights, ``training.export``)."""
+    source = Path(source)
+    if source.suffix == ".onnx":
+        from training.export import training_state
+
+        return training_state(source)
+    spec = json.loads((source / "model.json").read_text())
+    return build_model(source).state_dict(), spec
+
+
+def convecting(model: CumulusLSTM, batch: dict) -> torch.Tensor:
+    """Columns the loss is taken over: where MSKF convects, and for the kernel design also
+    where the kernel does (its profiles must be learned to vanish where MSKF does not)."""
+    mask = batch[model.trigger] > 0.5
+    if model.kernel:
+        channels = batch[ft.KERNEL_INPUT]
+        mask |= (channels[:, ft.KERNEL_INDEX["deep"], 0] + channels[:, ft.KERNEL_INDEX["shallow"], 0]) > 0
+    return mask.float()
+
+
+def training_batch(model: CumulusLSTM, batch: dict, cfg: "TrainConfig", turns=None) -> dict:
+    """A batch as the network learns from it: winds turned (with a generator ``turns``), and
+    for the kernel design the kernel's channels added and only the convecting columns kept
+    (the others take no part in the loss)."""
+    if cfg.rotate_winds and turns is not None:
+        batch = rotate_winds(batch, turns)
+    if model.kernel:
+        batch = ft.with_kernel(batch)
+        keep = convecting(model, batch) > 0
+        batch = {k: v[keep] for k, v in batch.items()}
+    return batch
+
+
 def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig) -> tuple:
     trigger = model.trigger
-    truth = batch[trigger]
-    loss_trigger = torch.nn.functional.binary_cross_entropy_with_logits(out[trigger], truth)
-    # Mean over triggered columns (and levels), written as a weighted sum so that every
+    if model.kernel:
+        loss_trigger = out[trigger].new_zeros(())
+    else:
+        loss_trigger = torch.nn.functional.binary_cross_entropy_with_logits(out[trigger], batch[trigger])
+    # Mean over convecting columns (and levels), written as a weighted sum so that every
     # parameter takes part in every step, as data-parallel training requires.
-    mask = (truth > 0.5).float()
+    mask = convecting(model, batch)
     denominator = mask.sum().clamp(min=1.0)
     regression = out[trigger].new_zeros(())
     weight_sum = 0.0
-    for name in model.level_outputs + model.column_outputs + model.level_targets:
-        target, learned_on = model.normalised_target(name, batch[name])
-        if name in model.level_targets:
-            per_column = torch.nn.functional.cross_entropy(out[name], target, reduction="none")
-        else:
-            err = out[name] - target
-            per_column = err.abs() if cfg.loss == "mae" else err.square()
+    zero = set(model.zero_targets)
+    for name in model.level_outputs + model.column_outputs:
+        if name in zero:
+            continue
+        err = out[name] - model.normalised_target(name, batch[name])
+        per_column = err.abs() if cfg.loss == "mae" else err.square()
         if per_column.dim() == 2:
             per_column = per_column.mean(dim=1)
         w = cfg.variable_weights.get(name, 1.0)
-        if learned_on is None:
-            regression = regression + w * (per_column * mask).sum() / denominator
-        else:
-            m = mask * learned_on.float()
-            regression = regression + w * (per_column * m).sum() / m.sum().clamp(min=1.0)
+        regression = regression + w * (per_column * mask).sum() / denominator
         weight_sum += w
-    regression = regression / weight_sum
+    regression = regression / max(weight_sum, 1e-12)
     return cfg.trigger_weight * loss_trigger + regression, loss_trigger, regression
 
 
@@ -175,6 +221,9 @@ def validate(model: CumulusLSTM, batches, cfg: TrainConfig) -> dict:
     headline = ("RTHCUTEN", "RQVCUTEN", "PRATEC")
     truth, pred = {k: [] for k in headline}, {k: [] for k in headline}
     for batch in batches:
+        batch = training_batch(model, batch, cfg)
+        if len(batch[model.trigger]) == 0:
+            continue
         out = model(batch)
         b = len(batch[model.trigger])
         totals += b * np.array([float(t) for t in loss_terms(model, out, batch, cfg)])
@@ -205,11 +254,13 @@ def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=Non
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or default_threads())
     torch.use_deterministic_algorithms(True, warn_only=cuda)
     run_dir, store = Path(run_dir), Store(store_path)
     contract = store.contract()
+    if not store.path("stats.json").exists():
+        raise ValueError(f"{store.root} has no train split (no stats.json): it can be evaluated "
+                         "on, not trained on")
     stats = json.loads(store.path("stats.json").read_text())
 
     checkpoint = run_dir / "checkpoint.pt"
@@ -226,11 +277,15 @@ def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=Non
     torch.manual_seed(cfg.seed)
     model = CumulusLSTM(contract, stats, cfg.model)
     if init_from is not None:
-        start = build_model(init_from)
-        if start.contract.to_dict()["inputs"] != contract.to_dict()["inputs"] or \
-                start.contract.n_levels != contract.n_levels:
-            raise ValueError(f"{init_from}: its contract does not match the store's")
-        model.load_state_dict(start.state_dict())
+        state, spec = initial_weights(init_from)
+        if Contract.from_dict(spec["contract"]).to_dict()["inputs"] != contract.to_dict()["inputs"]:
+            raise ValueError(f"{init_from}: its contract's inputs are not the store's")
+        if spec["model"] != asdict(cfg.model):
+            raise ValueError(f"{init_from}: its model settings {spec['model']} are not this run's "
+                             f"{asdict(cfg.model)}")
+        # The weights only: the normalisation of the new store stays (buffers).
+        buffers = {name for name, _ in model.named_buffers()}
+        model.load_state_dict({k: v for k, v in state.items() if k not in buffers}, strict=False)
     model.to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=cfg.epochs,
@@ -258,12 +313,14 @@ def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=Non
         epoch = state["epoch"]
         train_data.set_epoch(epoch)
         turns = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
-        started, seen, running = time.perf_counter(), 0, 0.0
+        started, seen, learned, running = time.perf_counter(), 0, 0, 0.0
         bar = tqdm(train_data, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress or rank != 0, leave=False)
         for batch in bar:
-            if cfg.rotate_winds:
-                batch = rotate_winds(batch, turns)
+            seen += len(batch[model.trigger])
+            batch = training_batch(model, batch, cfg, turns)
+            if len(batch[model.trigger]) == 0:
+                continue
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 out = net(batch)
@@ -272,11 +329,17 @@ def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=Non
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
-            seen += len(batch[model.trigger])
-            running += loss.item() * len(batch[model.trigger])
+            learned += len(batch[model.trigger])
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}: the "
+                                         "inputs or their kernel channels hold NaN or Inf")
+            running += value * len(batch[model.trigger])
         schedule.step()
         scores = validate(model, ({k: v.to(device) for k, v in b.items()} for b in val_data), cfg)
-        row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1),
+        if not math.isfinite(scores["val_loss"]):
+            raise FloatingPointError(f"non-finite validation loss in epoch {epoch + 1}")
+        row = {"epoch": epoch + 1, "train_loss": running / max(learned, 1),
                "learning_rate": optimiser.param_groups[0]["lr"],
                "samples_per_s": seen * world / (time.perf_counter() - started), **scores}
         state["history"].append(row)
