@@ -1,6 +1,5 @@
 """The wrfout reader on real WRF output, the MSKF oracle files, synthetic files and bad input."""
 
-import shutil
 
 import numpy as np
 import pytest

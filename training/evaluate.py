@@ -69,11 +69,13 @@ def predictions(runtime: Runtime, inputs: dict, dt, cudt, raw: bool = False) -> 
         fires = out[runtime.trigger] >= runtime.options.trigger_threshold
         pred = {k: np.where(fires.reshape(-1, *[1] * (v.ndim - 1)), v, 0.0)
                 for k, v in out.items() if k != runtime.trigger}
+        ood = runtime.out_of_distribution(inputs) & fires
     else:
-        pred, _ = runtime.run_columns(inputs, dt, cudt)
+        pred, info = runtime.run_columns(inputs, dt, cudt)
         pred.pop("FALLBACK", None)
+        ood = info["ood"]
     pred[runtime.trigger] = activated(pred["RTHCUTEN"], pred["RQVCUTEN"], 1)
-    return {k: np.asarray(v) for k, v in pred.items()}
+    return {k: np.asarray(v) for k, v in pred.items()}, ood
 
 
 def _part(truth: dict, pred: dict, column_class, family, dx, dt, cudt) -> dict:
@@ -94,12 +96,12 @@ def store_parts(runtime: Runtime, store: Store, split: str, raw: bool = False) -
             inputs = {k: b[k] for k in contract.input_names + list(SPECIES)}
             dt = b["DT"]
             cudt = np.array([store.file_info(f)["cudt"] for f in b["FILE_ID"]])
-            pred = predictions(runtime, inputs, dt, cudt, raw)
+            pred, ood = predictions(runtime, inputs, dt, cudt, raw)
             truth = {k: b[k] for k in contract.output_names + list(PHYSICS_INPUTS)}
             # Where nothing convects NCA stays as it was, which the scheme left as it was too.
             pred["NCA"] = np.where(np.isnan(pred["NCA"]), truth["NCA"], pred["NCA"])
             pieces.append(_part(truth, pred, b["COLUMN_CLASS"], b["FAMILY"], b["DX"], dt, cudt)
-                          | {"file_id": b["FILE_ID"]})
+                          | {"file_id": b["FILE_ID"], "ood": ood})
         if pieces:
             parts.append({k: ({n: np.concatenate([p[k][n] for p in pieces]) for n in pieces[0][k]}
                               if isinstance(pieces[0][k], dict) else np.concatenate([p[k] for p in pieces]))
@@ -193,7 +195,15 @@ def score(parts: list, trigger: str = "TRIGGER", regimes: dict | None = None,
     for dx in sorted({round(float(d) / 1000.0, 1) for p in parts for d in p["dx"]}):
         groups["dx_km"][f"{dx:g}"] = headline(
             parts, trigger, [np.round(p["dx"] / 1000.0, 1) == dx for p in parts])
+    ood = {}
+    if all("ood" in p for p in parts):  # flagged where the network runs (policy "predict")
+        flagged = np.concatenate([p["ood"] for p in parts])
+        convecting = int(sum(f.sum() for f in fires))
+        ood = {"columns": int(flagged.size), "flagged": int(flagged.sum()),
+               "fraction_of_columns": float(flagged.mean()) if flagged.size else None,
+               "fraction_of_convecting": float(flagged.sum() / convecting) if convecting else None}
     return {
+        "out_of_distribution": ood,
         "regression": regression,
         "trigger": metrics.trigger_scores(np.concatenate(triggered), np.concatenate(fires)),
         "kind": metrics.kind_scores(truth_class, pred_class, rain_pred,

@@ -211,6 +211,11 @@ def replay(model, inputs: list, out_dir, pairing: str = "history", tile=(16, 16)
     name = Path(model).name
     results = {name: ev.score(parts, runtime.trigger, regimes, file_names)}
     results[name]["runtime_counts"] = counts
+    results[name]["out_of_distribution"] = {
+        "columns": counts.get("evaluated", 0), "flagged": counts.get("ood", 0),
+        "fraction_of_columns": counts.get("ood", 0) / max(counts.get("evaluated", 0), 1),
+        "fraction_of_convecting": (counts.get("ood", 0) / counts["triggered"]
+                                   if counts.get("triggered") else None)}
     column_class = np.concatenate([p["class"] for p in parts])
     results[name]["columns_scored"] = {c: int(np.sum(column_class == k)) for k, c in enumerate(SAMPLE_CLASSES)}
     rain = {side: np.concatenate([p[side]["PRATEC"] for p in parts]) * 3600.0 for side in ("truth", "pred")}

@@ -109,6 +109,14 @@ def _markdown(title, results):
         [v] + [f"{_fmt(_get(results[m], 'profile_error', v, 'amplitude_fraction'), '.0%')} / "
                f"{_fmt(_get(results[m], 'profile_error', v, 'cloud_top_off_fraction'), '.0%')}"
                for m in models] for v in profiles])
+    lines += ["## Columns out of the training distribution", "",
+              "Flagged by the runtime's check where the network runs (the scores above include "
+              "them: policy predict).", ""] + _table(
+        ["Model", "Columns", "Flagged", "Of all columns", "Of convecting columns"],
+        [[m, _fmt(_get(results[m], "out_of_distribution", "columns"), "d"),
+          _fmt(_get(results[m], "out_of_distribution", "flagged"), "d"),
+          _fmt(_get(results[m], "out_of_distribution", "fraction_of_columns"), ".2%"),
+          _fmt(_get(results[m], "out_of_distribution", "fraction_of_convecting"), ".2%")] for m in models])
     lines += ["## Physics of the outputs", ""] + _table(
         ["Model", "Water budget residual mean abs (mm/h)", "Water budget residual max abs (mm/h)",
          "Columns with vapour negative over the hold"],
