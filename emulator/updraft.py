@@ -1,30 +1,46 @@
-"""MSKF's trigger, updraft and downdraft for each column (``kf_updraft.f90``), as model input
-channels.
+"""MSKF's trigger, updraft, downdraft and the drafts' initial tendencies for each column (the
+convection kernel, ``emulator/kernel/``: Fortran written for this project from the published
+Kain-Fritsch descriptions and black-box measurements of WRF's MSKF, ``kernel/README.md``), as
+model input channels.
 
-The Fortran kernel follows the scheme up to its closure: source-layer search, trigger,
-entraining updraft, deep/shallow decision, cloud base and top, time scale (see the file's
-header). On the oracle validation files it agrees with WRF's MSKF on the kind of convection in
-99.95 % of columns or more and on CUTOP in 99.6 % or more (``tests/test_updraft.py``).
+The kernel follows the scheme up to its closure: the candidate source layers and the W0AVG
+trigger, the entraining and detraining updraft with buoyancy sorting, deep or shallow cloud
+or none, cloud base (CUBOT) and top (CUTOP), the taper of the mass flux above the
+equilibrium level, the time scales, the precipitation efficiency, the downdraft of a deep
+cloud and the initial tendencies. Its agreement with WRF's MSKF (kind of convection, cloud
+base and top, time scale, shapes of the drafts' mass exchange) is in ``kernel/README.md`` and
+``tests/test_kernel.py``.
 
-``channels`` turns its output into the network's extra input UPDRAFT, (column, channel, level),
+``diagnose`` returns the kernel's fields, zero where a column does not convect: per level
+(LEVEL_FIELDS) the updraft mass flux, entrainment and detrainment per layer, per unit
+cloud-base updraft mass flux (the source layer's entry is entrainment), the updraft's
+virtual-temperature excess over its environment (K), its condensate (kg/kg), the
+precipitation it forms per layer (kg/kg per unit mass flux), its vertical velocity (m/s), a
+cloud mask (LCL level to top), the downdraft's mass flux (downward, negative), entrainment
+and detrainment per layer (same units as the updraft's), and the tendencies of potential
+temperature, vapour, and detrained liquid and ice that the drafts give before the closure
+scales them (per unit cloud-base mass flux in kg m-2 s-1: K s-1 and kg kg-1 s-1 per
+kg m-2 s-1); per column (COLUMN_FIELDS) the kind (0 none, 1 shallow, 2 deep), the LCL level
+(CUBOT, 1-based), top level (CUTOP), equilibrium-temperature level, source-layer base level,
+LCL height (m), cloud depth (m), minimum depth of a deep cloud (m), dilute buoyant energy
+(J/kg), convective time scale and advective time (s), the surface layer's velocity scale
+(m/s), precipitation efficiency, source-layer depth (Pa), downdraft source and lowest
+levels, total precipitation formed and evaporated by the downdraft (kg/kg per unit mass
+flux).
+
+``channels`` turns them into the network's extra input UPDRAFT, (column, channel, level),
 float32, with fixed scales (no statistics): per level the updraft mass flux, entrainment and
-detrainment per unit cloud-base mass flux, its virtual-temperature excess (K / 5), condensate
-(g/kg), precipitation production (g/kg per unit mass flux), vertical velocity (m/s / 10) and a
-cloud mask (LCL to top); per column, repeated on every level, deep and shallow flags, ln(time
-scale / 1800 s), dilute buoyant energy (kJ/kg), cloud depth (10 km), LCL height (km),
-precipitation efficiency, source-layer depth (100 hPa) and the sub-cloud velocity scale (m/s).
-With ``downdraft``, five more: the downdraft's mass flux, entrainment and detrainment per unit
-cloud-base updraft mass flux per level, and per column the fraction of the precipitation it
-evaporates and the updraft's total precipitation production (kg/kg per unit mass flux x 100).
-With ``tendencies``, four more per level: the tendencies of theta, vapour, and detrained
-liquid and ice that the drafts give at the start of MSKF's closure (before it scales them),
-in the scheme's flux form (K per 1000 s, g/kg per 10,000 s). Up to that scaling and the
-nonlinearity of the closure's time integration they are the scheme's own tendency profiles:
-on the oracle validation files a per-column scale fits the profiles of RQVCUTEN with R2
-0.94-0.95, RQCCUTEN 0.92-0.96, RTHCUTEN 0.60-0.63 and RQICUTEN only 0.28-0.43 (MSKF's ice
-tendency is not mainly detrainment).
-Every channel is zero in a column without convection. The same function serves training,
-export and the runtime.
+detrainment, its virtual-temperature excess (K / 5), condensate (g/kg), precipitation
+production (g/kg per unit mass flux), vertical velocity (m/s / 10) and the cloud mask; per
+column, repeated on every level, deep and shallow flags, ln(time scale / 1800 s), dilute
+buoyant energy (kJ/kg), cloud depth (10 km), LCL height (km), precipitation efficiency,
+source-layer depth (100 hPa) and the surface layer's velocity scale (m/s). With
+``downdraft``, five more: the downdraft's mass flux, entrainment and detrainment per level,
+and per column the fraction of the precipitation it evaporates and the updraft's total
+precipitation production (x 100). With ``tendencies``, four more per level: the initial
+tendencies of theta, vapour, and detrained liquid and ice (x 1e3, 1e7, 1e7, 1e7). Every
+channel is zero in a column without convection. The same function serves training, export
+and the runtime.
 """
 
 from __future__ import annotations
@@ -34,7 +50,7 @@ import json
 
 import numpy as np
 
-# The kernel's output layout (kf_updraft.f90 checks the counts).
+# The kernel's output layout (kernel/driver.f90 checks the counts).
 LEVEL_FIELDS = ("mass_flux", "entrainment", "detrainment", "buoyancy", "condensate",
                 "precipitation", "velocity", "in_cloud", "downdraft_mass_flux",
                 "downdraft_entrainment", "downdraft_detrainment", "heating", "moistening",
@@ -74,29 +90,91 @@ class UpdraftError(RuntimeError):
 
 def _kernel():
     try:
-        from emulator import _kf_updraft
+        from emulator import _kernel
     except ImportError as err:
-        raise UpdraftError(f"the updraft extension is not built ({err}); run 'make updraft'") from None
-    return _kf_updraft
+        raise UpdraftError(f"the kernel extension is not built ({err}); run 'make kernel'") from None
+    return _kernel
 
 
-def diagnose(inputs: dict) -> tuple[np.ndarray, np.ndarray]:
+def diagnose(inputs: dict, kernel=None) -> tuple[np.ndarray, np.ndarray]:
     """The kernel on columns {contract input: (column, level) or (column,)} (DX per column):
-    (column, LEVEL_FIELDS, level) and (column, COLUMN_FIELDS) arrays."""
+    (column, LEVEL_FIELDS, level) and (column, COLUMN_FIELDS) arrays, float32. ``kernel``: an
+    extension module with the same entry point (the tests' checking build), default the
+    built one."""
     n = len(inputs["T_PHY"])
     nz = inputs["T_PHY"].shape[1]
-    # (column, level) C-ordered is (level, column) Fortran-ordered: passed without a copy.
-    levels = [np.ascontiguousarray(inputs[name], dtype=np.float32).T for name in LEVEL_INPUTS]
+    # (column, level) Fortran-ordered: the column index runs fastest, as the kernel loops.
+    levels = [np.asfortranarray(inputs[name], dtype=np.float32) for name in LEVEL_INPUTS]
     surface = [np.ascontiguousarray(np.broadcast_to(inputs[name], (n,)), dtype=np.float32)
                for name in SURFACE_INPUTS]
-    if any(x.shape != (nz, n) for x in levels):
+    if any(x.shape != (n, nz) for x in levels):
         raise UpdraftError(f"the updraft needs {LEVEL_INPUTS} on the same {nz} mass levels")
-    lev, col, status = _kernel().updraft_columns(len(LEVEL_FIELDS), len(COLUMN_FIELDS),
-                                                 *levels, *surface)
+    lev, col, status = (kernel or _kernel()).convection_columns(len(LEVEL_FIELDS), len(COLUMN_FIELDS),
+                                                               *levels, *surface)
     if status:
-        raise UpdraftError("the updraft extension's output layout is not this module's; "
-                           "rebuild it with 'make updraft'")
-    return lev.T, col.T
+        raise UpdraftError("the kernel extension's output layout is not this module's; "
+                           "rebuild it with 'make kernel'")
+    return lev, col
+
+
+# MSKF outputs the agreement compares with (its convective hold caps the time scale at a day)
+AGREEMENT_OUTPUTS = ("CUTOP", "CUBOT", "TIMEC_KF", "UER_KF", "UDR_KF", "DER_KF", "DDR_KF",
+                     "RTHCUTEN", "RQVCUTEN", "RQCCUTEN")
+MAX_HOLD = 86400.0
+SHAPES = (("entrainment", "UER_KF"), ("detrainment", "UDR_KF"),
+          ("downdraft_entrainment", "DER_KF"), ("downdraft_detrainment", "DDR_KF"))
+PROFILES = (("moistening", "RQVCUTEN"), ("detrained_liquid", "RQCCUTEN"), ("heating", "RTHCUTEN"))
+
+
+def mskf_kind(reference: dict) -> np.ndarray:
+    """MSKF's kind of convection from its outputs: 2 deep (NCA > 0), 1 shallow (a cloud top
+    set), 0 none (the oracle files' ORACLE_TRIGGER)."""
+    return np.where(reference["NCA"] > 0, 2, np.where(reference["CUTOP"] > 1, 1, 0))
+
+
+def agreement(lev: np.ndarray, col: np.ndarray, reference: dict, dt) -> dict:
+    """How the kernel's fields (``diagnose``) agree with WRF's MSKF outputs ``reference``
+    ({wrfout name: (column,) or (column, level)}, with NCA) on the same columns at time step
+    ``dt`` (s, scalar or per column): kind of convection; CUBOT and CUTOP where both convect;
+    the time scale rounded to whole steps against TIMEC_KF, within one step, where both are
+    deep; the shapes of the drafts' mass exchange (each column divided by its sum, pooled
+    R2, where both have the draft) and whether both have a downdraft; the initial
+    tendencies scaled by the best factor per column against MSKF's tendencies (pooled R2).
+    Counts are included so that results of several files combine."""
+    kind, truth = col[:, COLUMN_FIELDS.index("kind")], mskf_kind(reference)
+    both = (kind > 0) & (truth > 0)
+    deep = (kind == 2) & (truth == 2)
+    dt = np.broadcast_to(np.asarray(dt, dtype=np.float64), kind.shape)
+    timec = np.minimum(np.rint(col[:, COLUMN_FIELDS.index("time_scale")] / dt) * dt, MAX_HOLD)
+    out = {"columns": int(len(kind)), "kind": float((kind == truth).mean()),
+           "both": int(both.sum()), "deep": int(deep.sum()),
+           "cubot": float((col[both, COLUMN_FIELDS.index("lcl_level")] == reference["CUBOT"][both]).mean()),
+           "cutop": float((col[both, COLUMN_FIELDS.index("top_level")] == reference["CUTOP"][both]).mean()),
+           "timec": float((np.abs(timec - reference["TIMEC_KF"])[deep] <= dt[deep] + 1e-3).mean())}
+    for field, name in SHAPES:
+        a = lev[deep, LEVEL_FIELDS.index(field)].astype(np.float64)
+        b = reference[name][deep].astype(np.float64)
+        has_a, has_b = np.abs(a).sum(axis=1) > 0, np.abs(b).sum(axis=1) > 0
+        use = has_a & has_b
+        a = a[use] / a[use].sum(axis=1, keepdims=True)
+        b = b[use] / b[use].sum(axis=1, keepdims=True)
+        out[f"{name}_shape_r2"] = _r2(a, b)
+        out[f"{name}_columns"] = int(use.sum())
+        out[f"{name}_presence"] = float((has_a == has_b).mean()) if len(has_a) else 1.0
+    for field, name in PROFILES:
+        b = reference[name].astype(np.float64)
+        use = (kind > 0) & (np.abs(b).sum(axis=1) > 0)
+        a, b = lev[use, LEVEL_FIELDS.index(field)].astype(np.float64), b[use]
+        fit = (a * b).sum(axis=1, keepdims=True) / np.maximum((a * a).sum(axis=1, keepdims=True), 1e-30)
+        out[f"{name}_fit_r2"] = _r2(fit * a, b)
+    return out
+
+
+def _r2(a: np.ndarray, b: np.ndarray) -> float:
+    """Pooled R2 of a against b (rows are columns)."""
+    if not len(b):
+        return 1.0
+    return float(1.0 - ((a - b) ** 2).sum() / max(((b - b.mean(axis=0)) ** 2).sum(), 1e-300))
 
 
 def _groups(groups) -> tuple:
