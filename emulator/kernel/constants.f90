@@ -93,7 +93,7 @@ module kernel_constants
   real(rk), parameter :: dd_off_production = 0.0245, dd_off_rh_power = 1.25
   ! MSKF's convective time scale (measured): the velocity scale W^3 = a E V with V from
   ! the surface layer; the advective time DX / V_conv (Kain 2004)
-  real(rk), parameter :: tau_a = 0.0567, tau_zol = 0.5, tau_wstar = 0.0533
+  real(rk), parameter :: tau_a = 0.0571, tau_zol = 0.7592, tau_wstar = 0.0515
   ! MSKF caps its time scale at a day (emulator/constants.py MAX_HOLD)
   real(rk), parameter :: max_hold = 86400.0
 end module kernel_constants

@@ -18,7 +18,7 @@ contains
   !! than the advective time. The velocity scale W, measured against MSKF:
   !! W^3 = tau_a E V with E the dilute buoyant energy and V^2 = u*^2 (1 + tau_zol (-z/L)^(2/3))
   !! + tau_wstar w*^2 the surface layer's velocity scale (w* from HFX over the height of the
-  !! LCL level).
+  !! LCL).
   subroutine time_scales(env, src, pl, dx, sf, hfx, ust, zol, t_adv, t_conv, v_sub)
     type(environment), intent(in) :: env
     type(source_layer), intent(in) :: src
@@ -37,7 +37,7 @@ contains
       speed_lcl = sqrt(env%u(j, k) ** 2 + env%v(j, k) ** 2)
       speed_5 = sqrt(env%u(j, k5) ** 2 + env%v(j, k5) ** 2)
       t_adv(j) = dx(j) / max(0.5 * (speed_lcl + speed_5), 1.0e-3)
-      wstar3 = g / env%t(j, 1) * max(hfx(j), 0.0) / (env%dp(j, 1) / (g * env%dz(j, 1)) * cp) * env%z(j, k)
+      wstar3 = g / env%t(j, 1) * max(hfx(j), 0.0) / (env%dp(j, 1) / (g * env%dz(j, 1)) * cp) * src%z_lcl(j)
       v_sub(j) = sqrt(ust(j) ** 2 * (1.0 + tau_zol * kpow(max(-zol(j), 1.0e-12), 2.0 / 3.0)) &
                       + tau_wstar * kpow(max(wstar3, 1.0e-12), 2.0 / 3.0))
       w = kpow(max(tau_a * pl%cape(j) * v_sub(j), 1.0e-9), 1.0 / 3.0)
