@@ -65,3 +65,11 @@ subroutine mlcu_counter(name, total)
 
    total = cu_mlcu_counter(name)
 end subroutine mlcu_counter
+
+subroutine mlcu_counters(text)
+   use module_cu_mlcu, only: cu_mlcu_counters
+   implicit none
+   character(len=2048), intent(out) :: text
+
+   text = cu_mlcu_counters()
+end subroutine mlcu_counters

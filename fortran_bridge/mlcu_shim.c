@@ -369,6 +369,38 @@ int64_t mlcu_shim_counter(const char *name)
     return n;
 }
 
+int mlcu_shim_counters(char *text, int32_t text_len)
+{
+    if (!text || text_len <= 0)
+        return 1;
+    text[0] = '\0';
+    if (!Py_IsInitialized())
+        return 0;
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int cut = 0;
+    size_t used = 0;
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (totals && !cut && PyDict_Next(totals, &pos, &key, &value)) {
+        const char *name = PyUnicode_Check(key) ? PyUnicode_AsUTF8(key) : NULL;
+        long long n = PyLong_AsLongLong(value);
+        if (!name || PyErr_Occurred()) {
+            PyErr_Clear();
+            continue;
+        }
+        int w = snprintf(text + used, (size_t)text_len - used, "%s%s=%lld", used ? " " : "",
+                         name, n);
+        if (w < 0 || (size_t)w >= (size_t)text_len - used) {
+            text[used] = '\0'; /* drop the partial item: the line stays parseable */
+            cut = 1;
+        } else {
+            used += (size_t)w;
+        }
+    }
+    PyGILState_Release(gil);
+    return cut;
+}
+
 int mlcu_shim_finalize(char *message, int32_t message_len)
 {
     int err = 0;

@@ -43,6 +43,11 @@ int mlcu_shim_run_tile(const mlcu_array_t *arrays, int32_t n_arrays, const int32
 /* Sum over all calls of this process of the runtime counter `name` (0 when never reported). */
 int64_t mlcu_shim_counter(const char *name);
 
+/* Every counter the runtime reported, summed over this process's calls, as one line
+ * "name=value name=value ..." in the order the runtime first reported them (empty before the
+ * first call). Returns 0, or non-zero when the line did not fit in text_len bytes (it is cut). */
+int mlcu_shim_counters(char *text, int32_t text_len);
+
 /* Drop the runtime; finalise the interpreter only if the shim started it. */
 int mlcu_shim_finalize(char *message, int32_t message_len);
 

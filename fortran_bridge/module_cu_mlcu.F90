@@ -13,7 +13,7 @@ module module_cu_mlcu
    implicit none
    private
 
-   public :: cu_mlcu_init, cu_mlcu_driver, cu_mlcu_finalize, cu_mlcu_counter
+   public :: cu_mlcu_init, cu_mlcu_driver, cu_mlcu_finalize, cu_mlcu_counter, cu_mlcu_counters
 
    integer, parameter :: name_len = 16       !! MLCU_NAME_LEN in mlcu_shim.h
    integer, parameter :: message_len = 2048  !! room for a Python error message
@@ -237,6 +237,30 @@ contains
 
       total = mlcu_shim_counter(c_string(name))
    end function cu_mlcu_counter
+
+   !> Every counter of the runtime, summed over this process's calls, as one line
+   !> "name=value name=value ..." (empty before the first call), for a log line that
+   !> follows whatever counters the runtime reports.
+   function cu_mlcu_counters() result(text)
+      character(len=:), allocatable :: text
+
+      interface
+         function mlcu_shim_counters(text, text_len) bind(c, name='mlcu_shim_counters')
+            import :: c_char, c_int, c_int32_t
+            character(kind=c_char), dimension(*), intent(out) :: text
+            integer(c_int32_t), value :: text_len
+            integer(c_int) :: mlcu_shim_counters
+         end function mlcu_shim_counters
+      end interface
+
+      character(kind=c_char) :: line(message_len)
+
+      if (mlcu_shim_counters(line, int(message_len, c_int32_t)) /= 0) then
+         text = f_string(line)//' (cut)'
+      else
+         text = f_string(line)
+      end if
+   end function cu_mlcu_counters
 
    !> Hand an error to the caller when it asked for a status, else to mlcu_fatal.
    subroutine fail(message, status, errmsg)

@@ -68,5 +68,12 @@ class FortranScheme:
         """Sum over this process's calls of a runtime counter ("evaluated", "nan", ...)."""
         return int(self.ext.mlcu_counter(name))
 
+    def counters(self) -> dict[str, int]:
+        """Every runtime counter summed over this process's calls, read back from the line
+        the Fortran module prints (cu_mlcu_counters: "name=value ...")."""
+        text = self.ext.mlcu_counters()
+        text = (text.decode() if isinstance(text, bytes) else str(text)).strip()
+        return {k: int(v) for k, v in (item.split("=", 1) for item in text.split())}
+
     def finalize(self) -> None:
         _check(*self.ext.mlcu_finalize())

@@ -112,8 +112,8 @@ def test_fortran_call_equals_runtime_in_place(frame, onnx_model, scheme):
 def test_errors_come_back_as_messages(frame, onnx_model, scheme, tmp_path):
     with pytest.raises(BridgeError, match=r"cu_mlcu_init: .*model file .*missing.onnx does not exist"):
         scheme(tmp_path / "missing.onnx")
-    with pytest.raises(BridgeError, match="44 mass levels.* 40"):
-        scheme(onnx_model, n_levels=40)
+    # Models are level-agnostic: another level count is accepted.
+    scheme(onnx_model, n_levels=40).finalize()
     with pytest.raises(BridgeError, match="nan_policy='sometimes'"):
         scheme(onnx_model, nan_policy="sometimes")
 
@@ -132,3 +132,24 @@ def test_errors_come_back_as_messages(frame, onnx_model, scheme, tmp_path):
     tolerant.run_tile(arrays, bounds, frame.attrs["DT"], frame.attrs["DX"], 0.0, 1)
     assert tolerant.counter("nan") == 1
     assert arrays["NCA"][HALO + 4, HALO + 2] == -100.0  # the bad column is left as reset
+
+
+def test_counters_line_sums_every_runtime_counter(frame, onnx_model, scheme):
+    """cu_mlcu_counters (the line WRF prints as `mlcu counters:`) holds every counter the
+    runtime returns, summed over the calls, in the runtime's order."""
+    rt = Runtime.from_options({"model": str(onnx_model), "threads": 1, "n_levels": 44})
+    fortran = scheme(onnx_model)
+    assert fortran.counters() == {}
+    arrays, bounds = halo_arrays(rt, frame)
+    direct = {k: v.copy(order="F") for k, v in arrays.items()}
+    dt, dx = frame.attrs["DT"], frame.attrs["DX"]
+    expected: dict[str, int] = {}
+    for tile in tiles(bounds, 2):
+        fortran.run_tile(arrays, tile, dt, dx, 0.0, 1)
+        for key, value in rt.run_tile(direct, tile, dt, dx, 0.0, 1).items():
+            expected[key] = expected.get(key, 0) + int(value)
+    got = fortran.counters()
+    assert got == expected
+    assert list(got) == list(expected)
+    assert got["evaluated"] + got["held"] == got["columns"] > 0
+    assert fortran.counter("triggered") == expected["triggered"]

@@ -440,6 +440,14 @@ contains
         cutop, cubot
     integer, dimension(ims:ime,jms:jme), intent(out) :: fallback
   end subroutine
+  subroutine cu_mlcu_finalize(status, errmsg)
+    integer, intent(out), optional :: status
+    character(len=*), intent(out), optional :: errmsg
+  end subroutine
+  function cu_mlcu_counters() result(text)
+    character(len=:), allocatable :: text
+    text = ''
+  end function
 end module
 module module_model_constants
   real, parameter :: xlv0 = 3.15e6, xlv1 = 2370., xls0 = 2.905e6, xls1 = 259.532, cp = 1004.5, &
@@ -538,3 +546,25 @@ def test_real_wrf_apply_check_revert(tmp_path, tag):
     assert snapshot(root) == patched
     wrf.revert(root)
     assert snapshot(root) == before
+
+
+def test_the_emulator_is_finalised_at_the_end_of_the_run(tree):
+    """wrf_finalize calls mlcu_finalize (the last counters line, the runtime released) after
+    the I/O is shut down and before WRF reports success and shuts MPI down."""
+    wrf.apply(tree, 97, FLAGS)
+    top = (tree / "main/module_wrf_top.F").read_text()
+    lines = top.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.strip().startswith("SUBROUTINE wrf_finalize"))
+    assert "USE module_cu_mlcu_wrf, ONLY : mlcu_finalize" in "\n".join(lines[start:start + 5])
+    assert top.index("CALL med_shutdown_io") < top.index("CALL mlcu_finalize()") \
+        < top.index("'wrf: SUCCESS COMPLETE WRF'")
+    depend = (tree / "main/depend.common").read_text()
+    assert depend.index("module_wrf_top.o: ../phys/module_cu_mlcu_wrf.o") \
+        < depend.index("module_wrf_top.o: \\")
+    module = (wrf.ADDED / "phys" / "module_cu_mlcu_wrf.F").read_text()
+    assert re.search(r"PUBLIC\s*::.*\bmlcu_finalize\b", module)
+    # finalises only where the emulator was started
+    body = module[module.index("SUBROUTINE mlcu_finalize"):module.index("END SUBROUTINE mlcu_finalize")]
+    assert "IF ( started ) THEN" in body and "CALL cu_mlcu_finalize(" in body
+    wrf.revert(tree)
+    assert "mlcu_finalize" not in (tree / "main/module_wrf_top.F").read_text()

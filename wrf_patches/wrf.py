@@ -55,6 +55,7 @@ REQUIRED = (
     "share/module_check_a_mundo.F",
     "phys/Makefile",
     "main/depend.common",
+    "main/module_wrf_top.F",
     "arch/postamble",
 )
 OPTIONAL = (
@@ -130,6 +131,14 @@ PLACES = (
      Anchor((r"^OBJS\s*=",), "before"), "phys-makefile.mk"),
     ("depend", "main/depend.common", "make",
      Anchor((r"^module_cumulus_driver\.o\s*:",), "before"), "depend.mk"),
+    ("depend-top", "main/depend.common", "make",
+     Anchor((r"^module_wrf_top\.o\s*:",), "before"), "depend-top.mk"),
+    # The end of the run: the emulator's last counters and its runtime released.
+    ("finalize-use", "main/module_wrf_top.F", "fortran",
+     Anchor((r"^\s*SUBROUTINE\s+wrf_finalize\b",), "after"), "finalize-use.F"),
+    ("finalize", "main/module_wrf_top.F", "fortran",
+     Anchor((r"wrf_debug\s*\(\s*0\s*,\s*'wrf: SUCCESS COMPLETE WRF'",), "before",
+            _subroutine("wrf_finalize")), "finalize.F"),
     ("cmake-sources", "phys/CMakeLists.txt", "cmake",
      Anchor((r"^\s*module_cu_mskf\.F\s*$",), "before"), "cmake-sources.cmake"),
     ("cmake-link", "phys/CMakeLists.txt", "cmake",
