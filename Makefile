@@ -17,7 +17,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Extra pip arguments, for example a local index or a CPU-only wheel source.
 PIP_ARGS ?=
 
-.PHONY: setup system-deps python-env demo test bench clean bridge bridge-flags mskf-columns updraft
+.PHONY: setup system-deps python-env demo test bench clean bridge bridge-flags mskf-columns kernel bench-online
 
 setup: system-deps python-env
 
@@ -39,7 +39,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 	$(PY) -m pip install -q -e '.[test]' $(PIP_ARGS)
 	touch $@
 
-demo: setup updraft bridge
+demo: setup kernel bridge
 	$(VENV)/bin/mlcu generate --config configs/generate.yaml --out $(DATA)
 	$(VENV)/bin/mlcu prepare --config configs/prepare.yaml --input '$(DATA)/*/wrfout_d01_*' \
 	  --out $(STORE) --overwrite
@@ -59,12 +59,13 @@ BRIDGE = $(MAKE) --no-print-directory -C fortran_bridge PY=$(abspath $(PY))
 MPIRUN = OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
          OMPI_MCA_btl_vader_single_copy_mechanism=none OMP_NUM_THREADS=1 mpirun
 
-bridge: setup updraft
+bridge: setup kernel
 	$(BRIDGE)
 
-# MSKF's trigger and updraft (emulator/kf_updraft.f90), the model's updraft features, as a
-# Python extension in emulator/.
-updraft: setup
+# The convection kernel (emulator/kernel/: MSKF's trigger, updraft, downdraft and initial
+# tendencies, written for this project), the model's updraft features, as a Python
+# extension in emulator/.
+kernel: setup
 	$(MAKE) --no-print-directory -C emulator PY=$(abspath $(PY))
 
 # WRF's own MSKF as a standalone program for `mlcu augment` (needs a WRF source tree; nothing
@@ -76,15 +77,21 @@ mskf-columns:
 bridge-flags:
 	@$(BRIDGE) -s flags
 
-test: setup updraft bridge
-	$(PY) -m pytest -q tests
+test: setup kernel bridge
+	$(PY) -m pytest -q tests bench/online
 
-bench: setup updraft bridge
+bench: setup kernel bridge
 	$(PY) bench/bench_generate.py
 	$(PY) bench/bench_prepare.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_bridge.py
+	$(PY) bench/bench_kernel.py
+
+# The emulator inside WRF against MSKF (bench/online/README.md), for example
+# make bench-online ARGS='--quick --model data/run/model.onnx'
+bench-online: setup kernel bridge
+	bench/online/run $(ARGS)
 
 clean:
 	rm -rf $(DATA) $(STORE) $(RUN) $(REPORT) .pytest_cache fortran_bridge/build training/mskf_columns/build \
-	  emulator/build emulator/_kf_updraft*.so
+	  emulator/build emulator/_kernel*.so

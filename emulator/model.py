@@ -6,7 +6,9 @@ The per-level channels are projected to the hidden size and run through a bidire
 a per-level head gives every mass-level output, and a column head on the mean and maximum over
 levels gives the column values. With ``level_stride`` > 1 the recurrent core steps over groups
 of that many neighbouring levels (a strided projection in, a transposed one out): fewer
-recurrent steps, the cost that dominates a column's inference.
+recurrent steps, the cost that dominates a column's inference. With ``overlap`` the
+projections reach half a group into each neighbour, so that neighbouring groups share levels
+and the outputs do not jump from one group to the next.
 
 Two designs (``design``):
 
@@ -55,6 +57,9 @@ class ModelConfig:
     column_hidden: int = 32
     # Levels per recurrent step: with 2 the core steps over pairs of levels (half the steps).
     level_stride: int = 2
+    # Projections over 2 x level_stride levels (half a group of overlap on each side): smooth
+    # profiles across group edges; without it shallow heating profiles zig-zag level by level.
+    overlap: bool = True
 
     def __post_init__(self):
         if self.design not in DESIGNS:
@@ -99,11 +104,12 @@ class CumulusLSTM(nn.Module):
             self.register_buffer("input_absmax", torch.tensor(absmax, dtype=torch.float32))
         self.channels = channels
         h = cfg.hidden
-        self.project = nn.Conv1d(channels, h, kernel_size=self.stride, stride=self.stride)
+        k, pad = (2 * self.stride, self.stride // 2) if cfg.overlap and self.stride > 1 else (self.stride, 0)
+        self.project = nn.Conv1d(channels, h, kernel_size=k, stride=self.stride, padding=pad)
         self.lstm = nn.LSTM(h, h, num_layers=cfg.layers, bidirectional=True,
                             dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.level_head = nn.ConvTranspose1d(2 * h, len(self.level_outputs), kernel_size=self.stride,
-                                             stride=self.stride)
+        self.level_head = nn.ConvTranspose1d(2 * h, len(self.level_outputs), kernel_size=k,
+                                             stride=self.stride, padding=pad)
         learned_trigger = int(not self.kernel)
         self.column_head = nn.Sequential(
             nn.Linear(4 * h, cfg.column_hidden), nn.GELU(),
@@ -216,7 +222,8 @@ def count_parameters(model: nn.Module) -> int:
 def flops_per_column(model: CumulusLSTM, n_levels: int) -> int:
     """Multiply-adds x 2 of one column's forward pass on ``n_levels`` levels (matrix
     products only)."""
-    steps, s, h, cfg = -(-n_levels // model.stride), model.stride, model.cfg.hidden, model.cfg
+    steps, h, cfg = -(-n_levels // model.stride), model.cfg.hidden, model.cfg
+    s = model.project.kernel_size[0]  # levels each step projects
     flops = 2 * steps * model.channels * s * h  # projection
     for layer in range(cfg.layers):
         inp = h if layer == 0 else 2 * h

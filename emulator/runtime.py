@@ -278,7 +278,7 @@ class Runtime:
             flagged |= ~(inside.all(axis=1) if inside.ndim == 2 else inside)
         return flagged
 
-    def run_columns(self, inputs: dict, dt, cudt) -> tuple[dict, dict]:
+    def run_columns(self, inputs: dict, dt, cudt, finite: np.ndarray | None = None) -> tuple[dict, dict]:
         """MSKF's outputs of evaluated columns ``inputs`` ({contract input and species:
         (column, values) or (column,)}, DX and DT per column) with time step ``dt`` and
         cumulus interval ``cudt`` (min), scalars or per column: {output: values of every
@@ -286,13 +286,14 @@ class Runtime:
         was) and {"fires", "deep", "ood", "fallback", "finite"} masks and counters.
 
         Non-finite inputs follow the NaN policy (``finite``), unusual ones the OOD policy;
-        the network runs only where the kernel (kernel design) or the learned trigger fires."""
+        the network runs only where the kernel (kernel design) or the learned trigger fires.
+        ``finite``: the caller's ``_finite`` of these inputs, when it has it."""
         n = len(inputs["T_PHY"])
         n_levels = inputs["T_PHY"].shape[1]
         dt = np.broadcast_to(np.asarray(dt, np.float64), (n,))
         cudt = np.broadcast_to(np.asarray(cudt, np.float64), (n,))
-        finite = self._finite(inputs)
-        keep = finite.copy()
+        finite = self._finite(inputs) if finite is None else finite
+        keep = finite
         out = reset_outputs(n, n_levels, self.output_arrays)
         info = {"finite": finite, "fires": np.zeros(n, bool), "deep": np.zeros(n, bool),
                 "ood": np.zeros(n, bool), "fallback": np.zeros(n, bool)}
@@ -318,9 +319,11 @@ class Runtime:
         where = np.flatnonzero(keep)[fires]
         ood = self.out_of_distribution(run)
         info["ood"][where] = ood
-        use = ~ood if self.options.ood_policy != "predict" else np.ones(len(where), bool)
         info["fallback"][where] = ood & (self.options.ood_policy == "fallback")
-        where, run = where[use], {k: v[use] for k, v in run.items()}
+        use = np.ones(len(where), bool)
+        if self.options.ood_policy != "predict" and ood.any():
+            use = ~ood
+            where, run = where[use], {k: v[use] for k, v in run.items()}
         if where.size == 0:
             return out, info
         predicted = self._run(run) if self.kernel else {k: v[fires][use] for k, v in raw.items()}
@@ -377,7 +380,7 @@ class Runtime:
         finite = self._finite(inputs)
         if not finite.all() and self.options.nan_policy == "fatal":
             raise self._nan_error(inputs, finite, cols, tile)
-        out, info = self.run_columns(inputs, dt, cudt)
+        out, info = self.run_columns(inputs, dt, cudt, finite)
         counts["nan"] = int((~finite).sum())
         counts["ood"] = int(info["ood"].sum())
         counts["fallback"] = int(info["fallback"].sum())

@@ -21,8 +21,10 @@ and NCA are the kernel's, not learned); for the seed design those where MSKF con
 binary cross-entropy of its learned trigger (weight ``trigger_weight``). Targets zero in all
 training data are predicted as zero and left out.
 
-``threads`` 0 (the default) means the cores this process may use divided by the training
-processes on this node: torch's own default oversubscribes a shared machine.
+``threads`` is torch's CPU threads per process, 1 by default: the model is small (batches of a
+few hundred columns, 32 hidden units), so threads spend more time synchronising than they save
+(``bench/bench_train.py --threads 1 2 0 -1`` measures it); 0 means the cores this process may
+use divided by the training processes on this node.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class TrainConfig:
     # Rotate each training column's horizontal wind and momentum tendencies by a random
     # angle: MSKF does not depend on the wind's direction (an exact symmetry).
     rotate_winds: bool = False
-    threads: int = 0  # torch CPU threads per process; 0 = this process's cores / local processes
+    threads: int = 1  # torch CPU threads per process; 0 = this process's cores / local processes
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @classmethod
