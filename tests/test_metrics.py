@@ -156,6 +156,11 @@ def test_profile_error_split():
     assert split["amplitude_fraction"] == pytest.approx(1 - (5 / 6 + 8 / 3) / 5)
     assert split["cloud_top_off_fraction"] == pytest.approx(1 / 5)
     assert split["n"] == 3
+    # Grids of different level counts: the sums run over all of them.
+    wide = np.pad(truth, ((0, 0), (0, 2)))
+    both = profile_error_split([truth, wide], [pred, np.pad(pred, ((0, 0), (0, 2)))], [top, top],
+                               [np.array([3, 3, 3])] * 2)
+    assert (both["amplitude_fraction"], both["n"]) == (pytest.approx(split["amplitude_fraction"]), 6)
     # No error (or no column): nothing to split.
     assert profile_error_split(truth, truth, top, top)["amplitude_fraction"] is None
     assert profile_error_split(truth[:0], truth[:0], top[:0], top[:0])["cloud_top_off_fraction"] is None

@@ -84,6 +84,11 @@ def test_apply_then_revert_restores_the_original_bytes(tree):
     for key in ("mlcu_model", "mlcu_threads", "mlcu_device", "mlcu_nan_policy",
                 "mlcu_ood_policy", "mlcu_hybrid"):
         assert re.search(rf"^rconfig\s+\S+\s+{key}\s+namelist,physics", registry, re.M)
+    # mlcu_model defaults to the shipped model of this project
+    shipped = REPO / "models" / "mlcu-mskf.onnx"
+    assert shipped.is_file()
+    assert re.search(rf'^rconfig\s+character\s+mlcu_model\s+namelist,physics\s+1\s+"{re.escape(str(shipped))}"',
+                     registry, re.M)
     driver = (tree / "phys/module_cumulus_driver.F").read_text()
     assert driver.index("CASE (MLCUSCHEME)") < driver.index("CASE DEFAULT")
     assert "CALL mlcu_cps(" in driver

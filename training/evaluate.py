@@ -181,10 +181,10 @@ def score(parts: list, trigger: str = "TRIGGER", regimes: dict | None = None,
     profile_error = {}
     for name in regression:
         if parts[0]["pred"][name].ndim == 2:
-            splits = [metrics.profile_error_split(p["truth"][name][b], p["pred"][name][b],
-                                                  p["truth"]["CUTOP"][b], p["pred"]["CUTOP"][b])
-                      for p, b in zip(parts, (t & f for t, f in zip(triggered, fires)))]
-            profile_error[name] = splits[0] if len(splits) == 1 else {"per_grid": splits}
+            both = [t & f for t, f in zip(triggered, fires)]
+            profile_error[name] = metrics.profile_error_split(
+                *([p[side][key][b] for p, b in zip(parts, both)]
+                  for side, key in (("truth", name), ("pred", name), ("truth", "CUTOP"), ("pred", "CUTOP"))))
     groups = {"regime": {}, "dx_km": {}}
     for p in parts:
         files = p.get("file_id", np.full(len(p["family"]), -1))

@@ -111,26 +111,33 @@ def level_index_scores(truth, pred) -> dict:
 
 def profile_error_split(truth, pred, top_truth, top_pred) -> dict:
     """Where the squared error of a profile output (N, L) lies, over columns that both the truth
-    and the model trigger.
+    and the model trigger. Each argument may also be a list of such arrays, one per grid (their
+    level counts differ): the sums run over all of them.
 
     ``amplitude_fraction``: the part of the error that the best amplitude per column would
     remove (each predicted profile scaled by its least-squares factor); the rest is error of
     shape. ``cloud_top_off_fraction``: the part in columns whose cloud top level (1-based, (N,))
     is wrong. None when there is no error.
     """
-    truth = np.asarray(truth, dtype=np.float64)
-    pred = np.asarray(pred, dtype=np.float64)
-    if truth.shape != pred.shape or truth.ndim != 2:
-        raise ValueError(f"truth {truth.shape} and pred {pred.shape} must be equal (N, L)")
-    column_sse = np.sum((pred - truth) ** 2, axis=1)
-    sse = float(column_sse.sum())
-    power = np.sum(pred * pred, axis=1)
-    scale = np.divide(np.sum(pred * truth, axis=1), power, out=np.ones_like(power), where=power > 0)
-    shape_sse = float(np.sum((scale[:, None] * pred - truth) ** 2))
-    top_off = np.rint(np.asarray(top_pred, dtype=np.float64)) != np.rint(np.asarray(top_truth, dtype=np.float64))
+    if not isinstance(truth, list):
+        truth, pred, top_truth, top_pred = [truth], [pred], [top_truth], [top_pred]
+    sse = shape_sse = top_sse = 0.0
+    n = 0
+    for t, p, tt, tp in zip(truth, pred, top_truth, top_pred):
+        t = np.asarray(t, dtype=np.float64)
+        p = np.asarray(p, dtype=np.float64)
+        if t.shape != p.shape or t.ndim != 2:
+            raise ValueError(f"truth {t.shape} and pred {p.shape} must be equal (N, L)")
+        column_sse = np.sum((p - t) ** 2, axis=1)
+        power = np.sum(p * p, axis=1)
+        scale = np.divide(np.sum(p * t, axis=1), power, out=np.ones_like(power), where=power > 0)
+        top_off = np.rint(np.asarray(tp, dtype=np.float64)) != np.rint(np.asarray(tt, dtype=np.float64))
+        sse += float(column_sse.sum())
+        shape_sse += float(np.sum((scale[:, None] * p - t) ** 2))
+        top_sse += float(column_sse[top_off].sum())
+        n += int(t.shape[0])
     return {"amplitude_fraction": _ratio(sse - shape_sse, sse),
-            "cloud_top_off_fraction": _ratio(float(column_sse[top_off].sum()), sse),
-            "n": int(truth.shape[0])}
+            "cloud_top_off_fraction": _ratio(top_sse, sse), "n": n}
 
 
 def water_budget_residual(tendencies: dict, rho, dz, pratec) -> np.ndarray:

@@ -332,10 +332,20 @@ def _cmake_quote(token: str) -> str:
     return f'"{token}"' if re.search(r"[\s;]", token) else token
 
 
+def shipped_model() -> str:
+    """The default of mlcu_model: the model that ships in models/, where this project lies."""
+    path = str(REPO / "models" / "mlcu-mskf.onnx")
+    if len(path) > 256 or '"' in path:  # WRF's namelist strings hold 256 characters
+        raise PatchError(f"{path}: the shipped model's path is longer than 256 characters or "
+                         "holds a quote; move the project, or copy the model and set mlcu_model")
+    return path
+
+
 def insertions(cu_id: int, flags: BridgeFlags, paths: set[str] | None = None) -> list[Insertion]:
     """Our blocks, with the cu_physics ID and the bridge flags filled in."""
     values = {
         "@CU_ID@": str(cu_id),
+        "@MLCU_MODEL@": shipped_model(),
         "@MLCU_INC@": " ".join(flags.include) if flags.available else PLACEHOLDER,
         "@MLCU_LIB@": " ".join(flags.link) if flags.available else PLACEHOLDER,
         "@CMAKE_INCLUDE_DIRS@": " ".join(_cmake_quote(f[2:]) for f in flags.include),
