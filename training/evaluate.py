@@ -181,11 +181,11 @@ def score(parts: list, trigger: str = "TRIGGER", regimes: dict | None = None,
     profile_error = {}
     for name in regression:
         if parts[0]["pred"][name].ndim == 2:
-            both = [t & f for t, f in zip(triggered, fires)]
+            fired = [t & f for t, f in zip(triggered, fires)]
             profile_error[name] = metrics.profile_error_split(
-                *([p[side][key][b] for p, b in zip(parts, both)]
+                *([p[side][key][b] for p, b in zip(parts, fired)]
                   for side, key in (("truth", name), ("pred", name), ("truth", "CUTOP"), ("pred", "CUTOP"))))
-    groups = {"regime": {}, "dx_km": {}}
+    groups = {"regime": {}, "dx_km": {}, "levels": {}}
     for p in parts:
         files = p.get("file_id", np.full(len(p["family"]), -1))
         p["regime"] = np.array([regimes.get(int(i), {}).get(int(f)) or file_names.get(int(i), str(i))
@@ -195,6 +195,9 @@ def score(parts: list, trigger: str = "TRIGGER", regimes: dict | None = None,
     for dx in sorted({round(float(d) / 1000.0, 1) for p in parts for d in p["dx"]}):
         groups["dx_km"][f"{dx:g}"] = headline(
             parts, trigger, [np.round(p["dx"] / 1000.0, 1) == dx for p in parts])
+    for n in sorted({p["pred"]["RTHCUTEN"].shape[1] for p in parts}):  # one vertical grid per level count
+        groups["levels"][str(n)] = headline(
+            parts, trigger, [np.full(len(p["dx"]), p["pred"]["RTHCUTEN"].shape[1] == n) for p in parts])
     ood = {}
     if all("ood" in p for p in parts):  # flagged where the network runs (policy "predict")
         flagged = np.concatenate([p["ood"] for p in parts])

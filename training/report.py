@@ -124,7 +124,8 @@ def _markdown(title, results):
           _fmt(_get(results[m], "physics", "water_budget_residual_mm_per_h", "max_abs")),
           _fmt(_get(results[m], "physics", "negative_water_fraction"), ".2%")] for m in models])
     for group, heading, first in (("regime", "Per regime (sounding family, or file)", "Regime"),
-                                  ("dx_km", "Per grid spacing", "DX (km)")):
+                                  ("dx_km", "Per grid spacing", "DX (km)"),
+                                  ("levels", "Per vertical grid (level count)", "Mass levels")):
         lines += [f"## {heading}", "", "Trigger F1, kind agreement and pooled R2 on triggered columns.", ""]
         header = [first, "Model", "Columns", "Triggered", "Trigger F1", "Kind"] + list(GROUP_SCORES)
         rows = []

@@ -22,9 +22,10 @@ binary cross-entropy of its learned trigger (weight ``trigger_weight``). Targets
 training data are predicted as zero and left out.
 
 ``threads`` is torch's CPU threads per process, 1 by default: the model is small (batches of a
-few hundred columns, 32 hidden units), so threads spend more time synchronising than they save
-(``bench/bench_train.py --threads 1 2 0 -1`` measures it); 0 means the cores this process may
-use divided by the training processes on this node.
+few hundred columns, 32 hidden units), so a second thread gains little (10-20 % on an idle
+2-core machine, ``bench/bench_train.py --threads 1 2``) and loses much when other work shares
+the cores; 0 means the cores this process may use divided by the training processes on this
+node.
 """
 
 from __future__ import annotations
