@@ -128,7 +128,7 @@ def test_configs_load_and_bad_settings_are_refused():
     default = TrainConfig.load(REPO / "configs" / "train.yaml")
     seed = TrainConfig.load(REPO / "configs" / "seed-baseline.yaml")
     assert (seed.model.hidden, seed.model.layers, seed.loss, seed.model.design) == (32, 3, "mae", "seed")
-    assert default.model.design == "kernel" and default.threads == 1 and default.model.overlap
+    assert default.model.design == "kernel" and default.threads == 0 and default.model.overlap
     assert TrainConfig.load(None, ["learning_rate=3e-3"]).learning_rate == 0.003
     with pytest.raises(ValueError, match="unknown training settings.*model.size"):
         TrainConfig.load(None, ["model.size=3"])

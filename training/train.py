@@ -21,11 +21,11 @@ and NCA are the kernel's, not learned); for the seed design those where MSKF con
 binary cross-entropy of its learned trigger (weight ``trigger_weight``). Targets zero in all
 training data are predicted as zero and left out.
 
-``threads`` is torch's CPU threads per process, 1 by default: the model is small (batches of a
-few hundred columns, 32 hidden units), so a second thread gains little (10-20 % on an idle
-2-core machine, ``bench/bench_train.py --threads 1 2``) and loses much when other work shares
-the cores; 0 means the cores this process may use divided by the training processes on this
-node.
+``threads`` 0 (the default) means the cores this process may use (its CPU affinity, not the
+host's core count) divided by the training processes on this node: torch's own default can
+count cores the process may not use and oversubscribe a shared machine. The model is small
+(batches of a few hundred columns, 32 hidden units), so where other work shares the cores
+``threads: 1`` is faster (``bench/bench_train.py --threads 0 -1 1`` measures it).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class TrainConfig:
     # Rotate each training column's horizontal wind and momentum tendencies by a random
     # angle: MSKF does not depend on the wind's direction (an exact symmetry).
     rotate_winds: bool = False
-    threads: int = 1  # torch CPU threads per process; 0 = this process's cores / local processes
+    threads: int = 0  # torch CPU threads per process; 0 = this process's cores / local processes
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @classmethod
