@@ -131,8 +131,10 @@ def test_export_metadata_parity_and_any_grid(onnx_model, frame):
 
 
 def test_export_failing_parity_writes_nothing(onnx_model, tmp_path):
-    run_dir = json.loads({p.key: p.value for p in onnx.load(str(onnx_model)).metadata_props}
-                         ["mlcu.provenance"])["run"]
+    run_dir = onnx_model.parent / "run"  # the fixture exports next to its run folder
+    provenance = json.loads({p.key: p.value for p in onnx.load(str(onnx_model)).metadata_props}
+                            ["mlcu.provenance"])
+    assert provenance["run"] == run_dir.name and "/" not in provenance["store"]
     with pytest.raises(ExportError, match="does not reproduce PyTorch"):
         export(run_dir, tmp_path / "bad.onnx", tolerance=-1.0)
     assert not list(tmp_path.iterdir())

@@ -19,7 +19,7 @@ and reads (``emulator.runtime.check_model``):
   kernel channels the model was trained with;
 * ``mlcu.target_scales``: each regressed output's scale; ``mlcu.zero_targets``: outputs zero in
   all training data, which the model predicts as exactly zero;
-* ``mlcu.provenance``: training store, run folder, model settings, epochs, validation scores,
+* ``mlcu.provenance``: the names of the training store and run folder, model settings, epochs, validation scores,
   versions, export time, parity errors;
 * ``mlcu.training_state``: the PyTorch weights and model settings (base64 of ``torch.save``),
   so that ``mlcu train --init-from MODEL.onnx`` retrains from the shipped file itself.
@@ -126,9 +126,10 @@ def _provenance(run_dir: Path, spec: dict) -> dict:
         history = json.loads((run_dir / "metrics.json").read_text())
     best = min(history, key=lambda row: row.get("val_loss", np.inf)) if history else {}
     return {
-        "run": str(run_dir.resolve()),
-        "store": spec.get("store"),
-        "init_from": spec.get("init_from"),
+        # names, not paths: a path of the training machine means nothing where the model runs
+        "run": run_dir.resolve().name,
+        "store": Path(spec["store"]).name if spec.get("store") else None,
+        "init_from": Path(spec["init_from"]).name if spec.get("init_from") else None,
         "model": spec["model"],
         "config": (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else "",
         "epochs": len(history),
@@ -209,7 +210,7 @@ def export(run_dir, out, store=None, weights: str = "best.pt",
     if failed:
         raise ExportError(f"ONNX Runtime does not reproduce PyTorch (tolerance {tolerance:g} "
                           f"relative): {json.dumps(failed)}; {out} not written")
-    provenance = {**_provenance(run_dir, spec), "parity": errors, "parity_store": str(store)}
+    provenance = {**_provenance(run_dir, spec), "parity": errors, "parity_store": Path(store).name}
     names = model.level_outputs + model.column_outputs
     scales = {n: float(model.scale_of(n)) * float(live)
               for n, live in zip(names, model.target_live.tolist())}

@@ -78,13 +78,13 @@ contains
     do k = 1, nz
       do j = 1, mp
         pl%eu(j, k) = merge(env%dp(cols(j), k) / src%depth(j), 0.0, k >= src%base(j) .and. k <= src%top(j))
-        pl%mu(j, k) = 0.0
-        pl%du(j, k) = 0.0; pl%t(j, k) = 0.0; pl%qv(j, k) = 0.0; pl%ql(j, k) = 0.0; pl%qi(j, k) = 0.0
-        pl%tv(j, k) = 0.0; pl%tvc(j, k) = 0.0; pl%w2(j, k) = 0.0; pl%fall_l(j, k) = 0.0
-        pl%fall_i(j, k) = 0.0; pl%dilution(j, k) = 1.0; pl%det_l(j, k) = 0.0; pl%det_i(j, k) = 0.0
-        pl%mu_in(j, k) = 0.0
       end do
     end do
+    ! Every other profile of the plume starts empty (and undiluted).
+    pl%mu = 0.0; pl%du = 0.0; pl%mu_in = 0.0; pl%w2 = 0.0
+    pl%t = 0.0; pl%qv = 0.0; pl%ql = 0.0; pl%qi = 0.0; pl%tv = 0.0; pl%tvc = 0.0
+    pl%fall_l = 0.0; pl%fall_i = 0.0; pl%det_l = 0.0; pl%det_i = 0.0
+    pl%dilution = 1.0
     do j = 1, mp
       pl%mu(j, 1) = merge(pl%eu(j, 1), 0.0, src%k_lcl(j) > 1)
     end do
