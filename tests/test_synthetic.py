@@ -152,10 +152,10 @@ def test_layout_matches_the_oracle_files(oracle_files, tmp_path):
 
 
 def test_vertical_grid_matches_wrf_hybrid_coefficients(oracle_files):
-    from training.synthetic.atmosphere import hybrid_coefficients
+    from training.regrid import hybrid_grid
 
     ds = _open(oracle_files[0])
-    grid = hybrid_coefficients(ds.ZNW.values[0], float(ds.P_TOP.values[0]), float(ds.attrs["ETAC"]))
+    grid = hybrid_grid(ds.ZNW.values[0], float(ds.P_TOP.values[0]), 2, float(ds.attrs["ETAC"]))
     for name in ("C1H", "C2H", "C3H", "C4H", "C1F", "C2F", "C3F", "C4F", "ZNU"):
         np.testing.assert_allclose(getattr(grid, name.lower()), ds[name].values[0],
                                    rtol=1e-4, atol=2e-3, err_msg=name)

@@ -25,61 +25,9 @@ import numpy as np
 
 from emulator import constants as c
 from emulator.derive import density, exner, saturation_mixing_ratio
-
-# WRF real.exe base-state parameters (namelist defaults).
-BASE_P00, BASE_T00, BASE_A, BASE_TISO = 1.0e5, 290.0, 50.0, 200.0
-
-
-@dataclass
-class VerticalGrid:
-    """WRF hybrid vertical coordinate: eta on full (w) and half (mass) levels and the
-    coefficients that turn column dry-air mass into pressure: p = c3 * mu + c4 + p_top."""
-
-    znw: np.ndarray
-    znu: np.ndarray
-    c1f: np.ndarray
-    c2f: np.ndarray
-    c3f: np.ndarray
-    c4f: np.ndarray
-    c1h: np.ndarray
-    c2h: np.ndarray
-    c3h: np.ndarray
-    c4h: np.ndarray
-    p_top: float
-    etac: float
-
-    @property
-    def n_levels(self) -> int:
-        return self.znu.size
-
-
-def hybrid_coefficients(znw: np.ndarray, p_top: float, etac: float = 0.2) -> VerticalGrid:
-    """Coefficients of WRF's hybrid coordinate (hybrid_opt = 2) for full-level eta ``znw``.
-
-    B(eta) is the cubic that is 0 above eta = etac and reaches B = 1, dB/deta = 1 at the
-    surface; c1 = dB/deta, c2 = (1 - c1)(p0 - p_top), c3 = B, c4 = (eta - B)(p0 - p_top).
-    """
-    znw = np.asarray(znw, dtype=np.float64)
-    znu = 0.5 * (znw[1:] + znw[:-1])
-    dp0 = c.P1000MB - p_top
-    b1 = 2.0 * etac**2 * (1.0 - etac)
-    b2 = -etac * (4.0 - 3.0 * etac - etac**3)
-    b3 = 2.0 * (1.0 - etac**3)
-    b4 = -(1.0 - etac**2)
-    b5 = (1.0 - etac) ** 4
-    c3f = (b1 + b2 * znw + b3 * znw**2 + b4 * znw**3) / b5
-    c3f = np.where(znw < etac, 0.0, c3f)
-    c3f[0], c3f[-1] = 1.0, 0.0
-    c4f = (znw - c3f) * dp0
-    c3h = 0.5 * (c3f[1:] + c3f[:-1])
-    c4h = (znu - c3h) * dp0
-    c1h = (c3f[1:] - c3f[:-1]) / (znw[1:] - znw[:-1])
-    c2h = (1.0 - c1h) * dp0
-    c1f = np.empty_like(znw)
-    c1f[1:-1] = (c3h[1:] - c3h[:-1]) / (znu[1:] - znu[:-1])
-    c1f[0], c1f[-1] = 1.0, 0.0
-    c2f = (1.0 - c1f) * dp0
-    return VerticalGrid(znw, znu, c1f, c2f, c3f, c4f, c1h, c2h, c3h, c4h, p_top, etac)
+# WRF real.exe's base-state parameters (namelist defaults) and the vertical grid are those of
+# the re-gridding of mlcu augment.
+from training.regrid import BASE_A, BASE_P00, BASE_T00, BASE_TISO, VerticalGrid
 
 
 def stretched_levels(n_levels: int, p_top: float = 5000.0, dz_bottom: float = 50.0,

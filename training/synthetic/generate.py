@@ -30,7 +30,8 @@ from tqdm import tqdm
 from emulator import constants as c
 from emulator.derive import obukhov_zol
 from training.synthetic import reference_scheme
-from training.synthetic.atmosphere import SyntheticAtmosphere, hybrid_coefficients, stretched_levels
+from training.regrid import hybrid_grid
+from training.synthetic.atmosphere import SyntheticAtmosphere, stretched_levels
 from training.synthetic.wrfout_writer import write_wrfout
 
 WRF_DATE = "%Y-%m-%d_%H:%M:%S"
@@ -103,7 +104,7 @@ def run_case(cfg: GenerateConfig, dx: float, out_dir: Path, case_index: int,
     tst = 2.0 * stepcu
     n_steps = int(round(cfg.run_minutes * 60.0 / dt))
     history_every = int(round(cfg.history_interval * 60.0 / dt))
-    grid = hybrid_coefficients(stretched_levels(cfg.n_levels, cfg.p_top), cfg.p_top, cfg.etac)
+    grid = hybrid_grid(stretched_levels(cfg.n_levels, cfg.p_top), cfg.p_top, 2, cfg.etac)
     atm = SyntheticAtmosphere(rng, cfg.nx, cfg.ny, grid, dx, cfg.run_minutes * 60.0)
     nz, shape2 = cfg.n_levels, (cfg.ny, cfg.nx)
     shape3 = (nz,) + shape2
