@@ -7,8 +7,7 @@ a per-level head gives every mass-level output, and a column head on the mean an
 levels gives the column values. With ``level_stride`` > 1 the recurrent core steps over groups
 of that many neighbouring levels (a strided projection in, a transposed one out): fewer
 recurrent steps, the cost that dominates a column's inference. With ``overlap`` the
-projections reach half a group into each neighbour, so that neighbouring groups share levels
-and the outputs do not jump from one group to the next.
+projections reach half a group into each neighbour, so that neighbouring groups share levels.
 
 Two designs (``design``):
 
@@ -57,8 +56,8 @@ class ModelConfig:
     column_hidden: int = 32
     # Levels per recurrent step: with 2 the core steps over pairs of levels (half the steps).
     level_stride: int = 2
-    # Projections over 2 x level_stride levels (half a group of overlap on each side): smooth
-    # profiles across group edges; without it shallow heating profiles zig-zag level by level.
+    # Projections over 2 x level_stride levels (half a group of overlap on each side), so that
+    # neighbouring groups share levels: without it profiles can alternate from group to group.
     overlap: bool = True
 
     def __post_init__(self):
