@@ -250,6 +250,13 @@ def test_another_jobs_store_is_not_overwritten(synthetic_files, tmp_path):
         prepare(config(synthetic_files[:3], tmp_path / "store"))
     report = prepare(config(synthetic_files[:3], tmp_path / "store", overwrite=True))
     assert report["units"]["done"] == 3
+    # The same job's store in an older format is not resumed: its shards would lack fields.
+    job_file = tmp_path / "store" / "job.json"
+    job = json.loads(job_file.read_text())
+    job_file.write_text(json.dumps(dict(job, store_format_version=job["store_format_version"] - 1)))
+    with pytest.raises(ValueError, match="already holds something else"):
+        prepare(config(synthetic_files[:3], tmp_path / "store"))
+    assert prepare(config(synthetic_files[:3], tmp_path / "store", overwrite=True))["units"]["done"] == 3
 
 
 def test_resume_after_sigkill_gives_the_same_store(oracle_files, tmp_path):

@@ -65,8 +65,10 @@ class Store:
     def begin(self, job: dict, overwrite: bool = False) -> bool:
         """Create the store, or resume it when it was started by the same job.
 
-        Returns True when resuming. A store of another job is refused unless ``overwrite``.
+        Returns True when resuming. A store of another job, or of the same job written in
+        another store format (by another version of this code), is refused unless ``overwrite``.
         """
+        job = dict(job, store_format_version=FORMAT_VERSION)
         job_file = self.path("job.json")
         if self.root.exists() and any(self.root.iterdir()):
             same = job_file.exists() and json.loads(job_file.read_text()) == json.loads(json.dumps(job))
@@ -75,7 +77,8 @@ class Store:
                 return True
             if not overwrite:
                 raise ValueError(f"{self.root} already holds something else (another job's store, "
-                                 f"or other files); use --overwrite or another --out")
+                                 "a store of another format version, or other files); use "
+                                 "--overwrite or another --out")
             shutil.rmtree(self.root)
         for sub in ("shards", "batches"):
             self.path(sub).mkdir(parents=True, exist_ok=True)
