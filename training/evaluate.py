@@ -179,9 +179,9 @@ def score(parts: list, trigger: str = "TRIGGER", regimes: dict | None = None,
                 for p, f in zip(parts, fires)]
     n_fired = int(sum(f.sum() for f in fires))
     profile_error = {}
+    fired = [t & f for t, f in zip(triggered, fires)]
     for name in regression:
         if parts[0]["pred"][name].ndim == 2:
-            fired = [t & f for t, f in zip(triggered, fires)]
             profile_error[name] = metrics.profile_error_split(
                 *([p[side][key][b] for p, b in zip(parts, fired)]
                   for side, key in (("truth", name), ("pred", name), ("truth", "CUTOP"), ("pred", "CUTOP"))))
