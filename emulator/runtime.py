@@ -293,13 +293,12 @@ class Runtime:
         dt = np.broadcast_to(np.asarray(dt, np.float64), (n,))
         cudt = np.broadcast_to(np.asarray(cudt, np.float64), (n,))
         finite = self._finite(inputs) if finite is None else finite
-        keep = finite
         out = reset_outputs(n, n_levels, self.output_arrays)
         info = {"finite": finite, "fires": np.zeros(n, bool), "deep": np.zeros(n, bool),
                 "ood": np.zeros(n, bool), "fallback": np.zeros(n, bool)}
-        if not keep.any():
+        if not finite.any():
             return out, info
-        run = inputs if keep.all() else {k: v[keep] for k, v in inputs.items()}
+        run = inputs if finite.all() else {k: v[finite] for k, v in inputs.items()}
         if self.kernel:  # MSKF's rules first: the network only where the kernel finds a cloud
             lev, col = kf.diagnose(run)
             kind = kf.kinds(col)
@@ -316,7 +315,7 @@ class Runtime:
             fires = raw[self.trigger] >= self.options.trigger_threshold
             run = {k: v[fires] for k, v in run.items()}
             deep = None
-        where = np.flatnonzero(keep)[fires]
+        where = np.flatnonzero(finite)[fires]
         ood = self.out_of_distribution(run)
         info["ood"][where] = ood
         info["fallback"][where] = ood & (self.options.ood_policy == "fallback")
