@@ -14,7 +14,7 @@ from emulator.model import CumulusLSTM, ModelConfig, advective_time, flops_per_c
 from training.columns import extract
 from training.data import ColumnBatches
 from training.store import Store
-from training.train import TrainConfig, loss_terms, rotate_winds
+from training.train import TrainConfig, kind_scales, kind_weights, loss_terms, rotate_winds
 from training.wrfout import open_wrfout
 
 DEEP = 2
@@ -61,7 +61,7 @@ def test_advective_time_from_the_cloud_base_is_mskf_nca(oracle_files):
 
 def test_kernel_design_takes_mskf_rules_from_the_kernel(oracle_store):
     """TRIGGER, CUBOT, CUTOP and NCA are the kernel's cloud, base, top and MSKF's advective
-    time; no level output above the cloud top."""
+    time; no level output above the cloud top, no ice where the air is above freezing."""
     model = _model(oracle_store)
     batch = ft.with_kernel(_batch(oracle_store, 512))
     out = model.physical(model(batch), batch)
@@ -79,6 +79,10 @@ def test_kernel_design_takes_mskf_rules_from_the_kernel(oracle_store):
     above = np.arange(1, 45)[None, :] > out["CUTOP"].numpy()[:, None]
     for name in model.level_outputs:
         assert not out[name].numpy()[above].any(), name
+    warm = batch["T_PHY"].numpy() > 273.15
+    assert warm[fires].any() and (~warm[fires]).any()
+    for name in ("RQICUTEN", "QI_CU"):
+        assert not out[name].numpy()[warm].any() and out[name].numpy()[~warm & fires[:, None]].any(), name
 
 
 def test_closure_factor_scales_the_kernels_initial_tendencies(oracle_store):
@@ -186,3 +190,29 @@ def test_bad_settings_are_refused():
         ModelConfig(design="mlp")
     with pytest.raises(ValueError, match="level_stride"):
         ModelConfig(level_stride=0)
+
+
+def test_kind_weights_count_each_error_in_its_kinds_units(oracle_store):
+    """With kind weights, a column's squared error counts in units of its output's scale over
+    the columns of its kind: the loss of shallow columns alone scales by exactly that weight,
+    and the kind scales are the RMS over MSKF's deep and shallow training columns."""
+    model = _model(oracle_store)
+    store = Store(oracle_store)
+    scales = kind_scales(store, store.contract())
+    assert 0 < scales["RTHCUTEN"]["shallow"] < scales["RTHCUTEN"]["deep"]
+    assert scales["PRATEC"]["shallow"] == 0 and scales["CLDFRA_SH"]["deep"] == 0
+    weights = kind_weights(model, scales)
+    assert weights["PRATEC"]["shallow"] == 1.0 and weights["RTHCUTEN"]["shallow"] > 10
+    # A kind's scale under a thousandth of the output's is round-off: counted in common units.
+    overall = float(model.scale_of("RTHCUTEN"))
+    tiny = {"RTHCUTEN": {"deep": overall, "shallow": 0.9e-3 * overall}}
+    assert kind_weights(model, tiny)["RTHCUTEN"] == {"deep": 1.0, "shallow": 1.0}
+    batch = ft.with_kernel(_batch(oracle_store, 512))
+    shallow = batch[ft.KERNEL_INPUT][:, ft.KERNEL_INDEX["shallow"], 0] > 0
+    assert shallow.sum() > 0
+    part = {k: v[shallow] for k, v in batch.items()}
+    out, cfg = model(part), TrainConfig(variable_weights={n: 0.0 for n in model.level_outputs
+                                                           + model.column_outputs if n != "RTHCUTEN"})
+    plain = float(loss_terms(model, out, part, cfg)[2])
+    weighted = float(loss_terms(model, out, part, cfg, weights)[2])
+    assert weighted == pytest.approx(plain * weights["RTHCUTEN"]["shallow"], rel=1e-5)

@@ -44,11 +44,12 @@ def test_training_resumes_after_sigkill_to_the_same_weights(store, tmp_path):
     history = json.loads((ref / "metrics.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert (ref / "metrics.csv").read_text().startswith("epoch,train_loss")
-    # It learns: on MSKF's columns the losses fall by a fifth or more in three epochs (measured:
-    # train 0.80 -> 0.51, validation 0.58 -> 0.42 with these settings).
-    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
-    assert history[-1]["val_loss"] < 0.85 * history[0]["val_loss"]
-    assert history[-1]["val_r2_RQVCUTEN"] > history[0]["val_r2_RQVCUTEN"] + 0.05
+    # It learns: on MSKF's columns the losses fall in three epochs (measured with these
+    # settings: train 1.57 -> 0.56, validation 0.570 -> 0.517, validation R2 of RQVCUTEN
+    # 0.753 -> 0.808; the losses count shallow columns' errors in their own, smaller units).
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert history[-1]["val_loss"] < 0.95 * history[0]["val_loss"]
+    assert history[-1]["val_r2_RQVCUTEN"] > history[0]["val_r2_RQVCUTEN"] + 0.03
 
     run = tmp_path / "killed"
     proc = subprocess.Popen(train_cmd(store, run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -404,7 +404,11 @@ def _perturb(col: dict, surface: dict, src: Source, grid, psfc, hgt, knobs: dict
     factors = np.exp(cfg.surface_log * rng.standard_normal((3, n)))
     for name, factor in zip(("HFX", "UST", "PBLH"), factors):
         surface[name] = surface[name] * factor
-    surface["XLAND"] = np.where(hgt > src.hgt + 1.0, 1.0, surface["XLAND"])  # raised ground is land
+    raised = hgt > src.hgt + 1.0  # raised ground is land
+    sea = np.isfinite(knobs["sea_hfx_w_m2"]) & ~raised
+    surface["XLAND"] = np.where(raised, 1.0, np.where(sea, 2.0, surface["XLAND"]))
+    surface["HFX"] = np.where(sea, knobs["sea_hfx_w_m2"], surface["HFX"])
+    surface["UST"] = np.where(np.isfinite(knobs["ust_m_s"]), knobs["ust_m_s"], surface["UST"])
     land = surface["XLAND"] == 1.0
     surface["HFX"] = np.where(np.isfinite(knobs["hfx_w_m2"]) & land, knobs["hfx_w_m2"], surface["HFX"])
 

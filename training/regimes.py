@@ -7,9 +7,10 @@ a column already on its output grid (``Column``), in this order:
 1. temperature: a whole-column shift (``t_shift_k``) and a change of the lapse rate between the
    boundary-layer top and ``lapse_top_m`` (``lapse_k_km``, positive: steeper, undone over a
    layer LAPSE_RETURN times as deep above), both with the vapour following the relative
-   humidity; a capping inversion at the boundary-layer top (``inversion_k`` over
-   ``inversion_depth_m``, decaying above over 1.5 km) with the vapour kept (the warm layer is
-   dry); smooth random profiles (the settings ``theta_k``, ``boundary_theta_k``);
+   humidity; a capping inversion at the boundary-layer top, or at ``inversion_height_m``
+   above ground where drawn (``inversion_k`` over ``inversion_depth_m``, decaying above over
+   1.5 km), with the vapour kept (the warm layer is dry); smooth random profiles (the
+   settings ``theta_k``, ``boundary_theta_k``);
 2. moisture, multiplicative so that zeros stay zero: the relative humidity of the troposphere
    scaled (``rh_scale``, fading out between 250 and 150 hPa), a dry or moist layer
    (``layer_rh_factor`` at ``layer_center_hpa``, ``layer_depth_hpa`` deep), smooth random
@@ -23,8 +24,9 @@ a column already on its output grid (``Column``), in this order:
    humidity where it was).
 
 ``psfc_hpa`` (a new surface pressure: the column re-based on higher or lower terrain),
-``hfx_w_m2`` (the sensible heat flux over land), ``shear_m_s`` / ``shear_depth_m`` (wind
-added linearly up to that depth, a random direction), ``llj_m_s`` / ``llj_height_m`` (a
+``hfx_w_m2`` (the sensible heat flux over land), ``sea_hfx_w_m2`` (the column over the sea,
+XLAND 2, with this sensible heat flux), ``ust_m_s`` (the friction velocity), ``shear_m_s`` /
+``shear_depth_m`` (wind added linearly up to that depth, a random direction), ``llj_m_s`` / ``llj_height_m`` (a
 low-level jet) and ``w_scale`` (a factor on the resolved vertical velocity) are applied by
 ``training.augment`` where those fields are built.
 """
@@ -45,6 +47,7 @@ KNOBS = {
     "lapse_top_m": [3000.0, 6000.0],
     "inversion_k": [0.0, 0.0],
     "inversion_depth_m": [100.0, 400.0],
+    "inversion_height_m": None,
     "rh_scale": [1.0, 1.0],
     "layer_rh_factor": [1.0, 1.0],
     "layer_center_hpa": [400.0, 800.0],
@@ -53,6 +56,8 @@ KNOBS = {
     "pbl_theta_k": [0.0, 0.0],
     "pbl_rh_top": None,
     "hfx_w_m2": None,
+    "sea_hfx_w_m2": None,
+    "ust_m_s": None,
     "shear_m_s": [0.0, 0.0],
     "shear_depth_m": [3000.0, 8000.0],
     "llj_m_s": [0.0, 0.0],
@@ -161,8 +166,10 @@ def temperature_changes(col: Column, knobs: dict) -> tuple[np.ndarray, np.ndarra
     cooling = _col(knobs["lapse_k_km"]) / 1000.0 * np.where(
         z < top, np.clip(z - base, 0.0, None), depth * undone)
     moist = _col(knobs["t_shift_k"]) - cooling
-    ramp = np.clip((z - base) / _col(knobs["inversion_depth_m"]), 0.0, 1.0)
-    above = np.clip(z - base - _col(knobs["inversion_depth_m"]), 0.0, None)
+    height = knobs["inversion_height_m"]
+    inv_base = np.where(np.isfinite(_col(height)), _col(height), base)
+    ramp = np.clip((z - inv_base) / _col(knobs["inversion_depth_m"]), 0.0, 1.0)
+    above = np.clip(z - inv_base - _col(knobs["inversion_depth_m"]), 0.0, None)
     dry = _col(knobs["inversion_k"]) * ramp * np.exp(-above / INVERSION_DECAY_M)
     return moist, dry
 

@@ -19,7 +19,11 @@ normalised units (``variable_weights`` per variable, default 1), over the column
 for the kernel design those where MSKF or the kernel convects (the trigger, cloud base and top
 and NCA are the kernel's, not learned); for the seed design those where MSKF convects, plus the
 binary cross-entropy of its learned trigger (weight ``trigger_weight``). Targets zero in all
-training data are predicted as zero and left out.
+training data are predicted as zero and left out. For the kernel design each column's error
+is counted in units of its output's root-mean-square over the training columns of the same
+kind (deep or shallow, ``kind_scales``, written to the run as ``kind_scales.json``): shallow
+heating is about 20 times weaker than deep heating, so in units common to both its errors
+would hardly count.
 
 ``threads`` 0 (the default) means the cores this process may use (its CPU affinity, not the
 host's core count) divided by the training processes on this node: torch's own default can
@@ -161,7 +165,43 @@ def training_batch(model: CumulusLSTM, batch: dict, cfg: "TrainConfig", turns=No
     return batch
 
 
-def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig) -> tuple:
+KIND_SCALE_FLOOR = 1.0e-3
+
+
+def kind_scales(store: Store, contract: Contract, files: set | None = None,
+                block_size: int = 4096) -> dict:
+    """Root-mean-square of each regressed output over the training columns MSKF makes deep
+    (NCA > 0) and shallow (triggered, NCA not set): {name: {"deep": rms, "shallow": rms}}."""
+    squares, counts = {}, {"deep": 0, "shallow": 0}
+    for batch in ColumnBatches(store, "train", contract, 8192, False, block_size=block_size,
+                               file_ids=files):
+        deep = batch["NCA"].reshape(-1) > 0
+        kinds = {"deep": deep, "shallow": (batch["TRIGGER"].reshape(-1) > 0.5) & ~deep}
+        for kind, rows in kinds.items():
+            counts[kind] += int(rows.sum())
+            for v in contract.outputs[1:]:
+                x = batch[v.name][rows].double()
+                per_column = x.square().mean(dim=1) if x.dim() == 2 else x.square()
+                squares.setdefault(v.name, {"deep": 0.0, "shallow": 0.0})[kind] += float(per_column.sum())
+    return {name: {k: math.sqrt(total[k] / counts[k]) if counts[k] else 0.0 for k in total}
+            for name, total in squares.items()}
+
+
+def kind_weights(model: CumulusLSTM, scales: dict) -> dict:
+    """Loss weights per output and kind: (the output's scale / its scale over that kind)^2,
+    1 where the output is zero in that kind's training columns, or so nearly zero (under
+    KIND_SCALE_FLOOR of its scale: round-off, such as the ice of warm shallow clouds) that
+    errors in its units would be meaningless."""
+    weights = {}
+    for name in model.level_outputs + model.column_outputs:
+        overall = float(model.scale_of(name))
+        weights[name] = {kind: (overall / s) ** 2 if s > KIND_SCALE_FLOOR * overall else 1.0
+                         for kind, s in scales.get(name, {}).items()}
+    return weights
+
+
+def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig,
+               weights: dict | None = None) -> tuple:
     trigger = model.trigger
     if model.kernel:
         loss_trigger = out[trigger].new_zeros(())
@@ -171,6 +211,8 @@ def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig) -> 
     # parameter takes part in every step, as data-parallel training requires.
     mask = convecting(model, batch)
     denominator = mask.sum().clamp(min=1.0)
+    if weights:  # the kernel's kind of each column
+        flags = {kind: batch[ft.KERNEL_INPUT][:, ft.KERNEL_INDEX[kind], 0] for kind in ("deep", "shallow")}
     regression = out[trigger].new_zeros(())
     weight_sum = 0.0
     zero = set(model.zero_targets)
@@ -181,6 +223,9 @@ def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig) -> 
         per_column = err.abs() if cfg.loss == "mae" else err.square()
         if per_column.dim() == 2:
             per_column = per_column.mean(dim=1)
+        if weights:
+            per_column = per_column * (1.0 + sum((weights[name][kind] - 1.0) * flag
+                                                 for kind, flag in flags.items()))
         w = cfg.variable_weights.get(name, 1.0)
         regression = regression + w * (per_column * mask).sum() / denominator
         weight_sum += w
@@ -215,7 +260,7 @@ def _select_files(store: Store, fraction: float, seed: int) -> set | None:
 
 
 @torch.no_grad()
-def validate(model: CumulusLSTM, batches, cfg: TrainConfig) -> dict:
+def validate(model: CumulusLSTM, batches, cfg: TrainConfig, weights: dict | None = None) -> dict:
     """Validation loss and headline scores (trigger F1, pooled R2 of main variables on
     triggered columns)."""
     model.eval()
@@ -229,7 +274,7 @@ def validate(model: CumulusLSTM, batches, cfg: TrainConfig) -> dict:
             continue
         out = model(batch)
         b = len(batch[model.trigger])
-        totals += b * np.array([float(t) for t in loss_terms(model, out, batch, cfg)])
+        totals += b * np.array([float(t) for t in loss_terms(model, out, batch, cfg, weights)])
         n += b
         triggered = batch[model.trigger].numpy() > 0.5
         trig_true.append(triggered)
@@ -309,6 +354,16 @@ def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=Non
     train_data = ColumnBatches(store, "train", contract, cfg.batch_size, True, cfg.seed, rank, world,
                                cfg.block_size, files)
     val_data = ColumnBatches(store, "validation", contract, 4096, False, block_size=cfg.block_size)
+    weights = None
+    if model.kernel:
+        saved_scales = run_dir / "kind_scales.json"
+        if saved_scales.exists():  # a resumed run keeps the scales it started with
+            scales = json.loads(saved_scales.read_text())
+        else:
+            scales = kind_scales(store, contract, files, cfg.block_size)
+            if rank == 0:
+                _atomic_text(saved_scales, json.dumps(scales, indent=1))
+        weights = kind_weights(model, scales)
     if rank == 0 and state["epoch"] == 0:
         print(f"model: {count_parameters(model)} parameters; train on {store.root}")
 
@@ -327,7 +382,7 @@ def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=Non
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 out = net(batch)
-            loss, _, _ = loss_terms(model, {k: v.float() for k, v in out.items()}, batch, cfg)
+            loss, _, _ = loss_terms(model, {k: v.float() for k, v in out.items()}, batch, cfg, weights)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -339,7 +394,7 @@ def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=Non
                                          "inputs or their kernel channels hold NaN or Inf")
             running += value * len(batch[model.trigger])
         schedule.step()
-        scores = validate(model, ({k: v.to(device) for k, v in b.items()} for b in val_data), cfg)
+        scores = validate(model, ({k: v.to(device) for k, v in b.items()} for b in val_data), cfg, weights)
         if not math.isfinite(scores["val_loss"]):
             raise FloatingPointError(f"non-finite validation loss in epoch {epoch + 1}")
         row = {"epoch": epoch + 1, "train_loss": running / max(learned, 1),
