@@ -61,7 +61,10 @@ KERNEL_INDEX = {name: k for k, (name, _, _) in enumerate(KERNEL_LEVEL)} | {
 CLOSURE = {"RTHCUTEN": "heating", "RQVCUTEN": "moistening", "RQCCUTEN": "detrained_liquid"}
 KERNEL_INPUT = "UPDRAFT"
 REFERENCE_TIME = 1800.0  # s
-LAYOUT_VERSION = 1
+# The version changes with the channels or with the kernel physics behind them, so that a
+# model trained on other channels is refused (2: a shallow cloud's exchange, kernel/README.md
+# step 14).
+LAYOUT_VERSION = 2
 
 
 def layout() -> dict:

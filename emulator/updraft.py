@@ -102,8 +102,10 @@ def agreement(lev: np.ndarray, col: np.ndarray, reference: dict, dt) -> dict:
     ``dt`` (s, scalar or per column): kind of convection; CUBOT and CUTOP where both convect;
     the time scale rounded to whole steps against TIMEC_KF, within one step, where both are
     deep; the shapes of the drafts' mass exchange (each column divided by its sum, pooled
-    R2, where both have the draft) and whether both have a downdraft; the initial
+    R2, where both are deep and have the draft) and whether both have a downdraft; the initial
     tendencies scaled by the best factor per column against MSKF's tendencies (pooled R2).
+    The updraft's shapes and the tendencies are scored also where both are shallow
+    (``*_shallow_shape_r2``, ``*_shallow_fit_r2``).
     Counts are included so that results of several files combine."""
     kind, truth = col[:, COLUMN_FIELDS.index("kind")], mskf_kind(reference)
     both = (kind > 0) & (truth > 0)
@@ -115,22 +117,27 @@ def agreement(lev: np.ndarray, col: np.ndarray, reference: dict, dt) -> dict:
            "cubot": float((col[both, COLUMN_FIELDS.index("lcl_level")] == reference["CUBOT"][both]).mean()),
            "cutop": float((col[both, COLUMN_FIELDS.index("top_level")] == reference["CUTOP"][both]).mean()),
            "timec": float((np.abs(timec - reference["TIMEC_KF"])[deep] <= dt[deep] + 1e-3).mean())}
+    shallow = (kind == 1) & (truth == 1)
     for field, name in SHAPES:
-        a = lev[deep, LEVEL_FIELDS.index(field)].astype(np.float64)
-        b = reference[name][deep].astype(np.float64)
-        has_a, has_b = np.abs(a).sum(axis=1) > 0, np.abs(b).sum(axis=1) > 0
-        use = has_a & has_b
-        a = a[use] / a[use].sum(axis=1, keepdims=True)
-        b = b[use] / b[use].sum(axis=1, keepdims=True)
-        out[f"{name}_shape_r2"] = _r2(a, b)
-        out[f"{name}_columns"] = int(use.sum())
-        out[f"{name}_presence"] = float((has_a == has_b).mean()) if len(has_a) else 1.0
+        for rows, label in ((deep, ""), (shallow, "_shallow")):
+            if label and name.startswith("D"):  # a shallow cloud has no downdraft
+                continue
+            a = lev[rows, LEVEL_FIELDS.index(field)].astype(np.float64)
+            b = reference[name][rows].astype(np.float64)
+            has_a, has_b = np.abs(a).sum(axis=1) > 0, np.abs(b).sum(axis=1) > 0
+            use = has_a & has_b
+            a = a[use] / a[use].sum(axis=1, keepdims=True)
+            b = b[use] / b[use].sum(axis=1, keepdims=True)
+            out[f"{name}{label}_shape_r2"] = _r2(a, b)
+            out[f"{name}{label}_columns"] = int(use.sum())
+            out[f"{name}{label}_presence"] = float((has_a == has_b).mean()) if len(has_a) else 1.0
     for field, name in PROFILES:
-        b = reference[name].astype(np.float64)
-        use = (kind > 0) & (np.abs(b).sum(axis=1) > 0)
-        a, b = lev[use, LEVEL_FIELDS.index(field)].astype(np.float64), b[use]
-        fit = (a * b).sum(axis=1, keepdims=True) / np.maximum((a * a).sum(axis=1, keepdims=True), 1e-30)
-        out[f"{name}_fit_r2"] = _r2(fit * a, b)
+        for rows, label in ((kind > 0, ""), (shallow, "_shallow")):
+            b = reference[name].astype(np.float64)
+            use = rows & (np.abs(b).sum(axis=1) > 0)
+            a, b = lev[use, LEVEL_FIELDS.index(field)].astype(np.float64), b[use]
+            fit = (a * b).sum(axis=1, keepdims=True) / np.maximum((a * a).sum(axis=1, keepdims=True), 1e-30)
+            out[f"{name}{label}_fit_r2"] = _r2(fit * a, b)
     return out
 
 

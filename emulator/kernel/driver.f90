@@ -145,10 +145,10 @@ contains
     integer, intent(in) :: kind(:), chosen(:)
     real(rk), intent(inout) :: lev(:, :, :), col(:, :)
     type(environment) :: penv
-    type(source_layer) :: src
-    type(plume) :: pl
+    type(source_layer) :: src, src_sh
+    type(plume) :: pl, shallow
     type(draft) :: dn
-    integer, allocatable :: idx(:), which(:)
+    integer, allocatable :: idx(:), which(:), sh(:)
     logical, allocatable :: deep(:)
     real(rk), allocatable :: psf(:), pdx(:), phfx(:), pust(:), pzol(:), rain(:, :), production(:), pef(:), &
                              t_adv(:), t_conv(:), v_sub(:), heating(:, :), moistening(:, :), liquid(:, :), ice(:, :)
@@ -179,6 +179,14 @@ contains
     call pack_environment(env, m, idx(1:m), penv)
     call take_candidate(cand, env, m, idx(1:m), which(1:m), src)
     call ascend(penv, [(j, j = 1, m)], src, psf, pdx, pl)
+    ! a shallow cloud keeps the top of that ascent, but exchanges mass with every mixture
+    ! detraining (kernel/README.md step 14): its columns are lifted again
+    sh = pack([(j, j = 1, m)], .not. deep)
+    if (size(sh) > 0) then
+      call take_candidate(cand, env, size(sh), idx(sh), which(sh), src_sh)
+      call ascend(penv, sh, src_sh, psf(sh), pdx(sh), shallow, shallow_top=pl%k_top(sh))
+      call take_profiles(pl, shallow, sh)
+    end if
     call taper(penv, src, pl)
     call precipitation(pl, rain)
     do j = 1, m
