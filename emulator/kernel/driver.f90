@@ -182,11 +182,9 @@ contains
     ! a shallow cloud keeps the top of that ascent, but exchanges mass with every mixture
     ! detraining (kernel/README.md step 14): its columns are lifted again
     sh = pack([(j, j = 1, m)], .not. deep)
-    if (size(sh) > 0) then
-      call take_candidate(cand, env, size(sh), idx(sh), which(sh), src_sh)
-      call ascend(penv, sh, src_sh, psf(sh), pdx(sh), shallow, shallow_top=pl%k_top(sh))
-      call take_profiles(pl, shallow, sh)
-    end if
+    call take_candidate(cand, env, size(sh), idx(sh), which(sh), src_sh)
+    call ascend(penv, sh, src_sh, psf(sh), pdx(sh), shallow, shallow_top=pl%k_top(sh))
+    call take_profiles(pl, shallow, sh)
     call taper(penv, src, pl)
     call precipitation(pl, rain)
     do j = 1, m
