@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from emulator import updraft as kf  # noqa: E402
 
-FIELDS = ("kind", "cubot", "cutop", "timec", "UER_KF_shape_r2", "UDR_KF_shape_r2",
+FIELDS = ("kind", "cubot", "cutop", "timec", "timec_shallow", "UER_KF_shape_r2", "UDR_KF_shape_r2",
           "UER_KF_shallow_shape_r2", "UDR_KF_shallow_shape_r2", "DER_KF_shape_r2", "DDR_KF_shape_r2",
           "DER_KF_presence", "RQVCUTEN_fit_r2", "RQCCUTEN_fit_r2", "RTHCUTEN_fit_r2",
           "RQVCUTEN_shallow_fit_r2", "RTHCUTEN_shallow_fit_r2")

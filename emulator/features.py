@@ -20,7 +20,9 @@ position in the column comes from pressure, height and layer depth, not from the
 mass flux, entrainment and detrainment (per 100 hPa of layer, so that they do not depend on
 the layer depth), buoyancy, condensate, precipitation production, vertical velocity, the
 in-cloud mask, the downdraft's mass flux, entrainment and detrainment, and the drafts' initial
-tendencies of theta, vapour, detrained liquid and ice; per column (on every level) deep and
+tendencies of theta, vapour, detrained liquid and ice (a deep cloud's per unit cloud-base mass
+flux, the network learning its closure; a shallow cloud's after MSKF's shallow closure, which
+the kernel's time scale and source layer give); per column (on every level) deep and
 shallow flags, ln(time scale / 1800 s), buoyant energy, cloud depth, LCL height, precipitation
 efficiency, source-layer depth, sub-cloud velocity, the fraction of the precipitation the
 downdraft evaporates and the precipitation production. Every kernel channel is zero in a
@@ -60,11 +62,18 @@ KERNEL_INDEX = {name: k for k, (name, _, _) in enumerate(KERNEL_LEVEL)} | {
 # closure (a factor per column) and the reshaping by its time integration.
 CLOSURE = {"RTHCUTEN": "heating", "RQVCUTEN": "moistening", "RQCCUTEN": "detrained_liquid"}
 KERNEL_INPUT = "UPDRAFT"
+# MSKF's shallow closure: the share of the source layer's mass the cloud base passes per
+# convective time scale (measured on the oracle's shallow columns: 0.242, 10-90 %
+# 0.215-0.249; kernel/README.md step 14), the tendency channels it scales, and the flux
+# (kg m-2 s-1) they are expressed for.
+SHALLOW_EXCHANGE = 0.25
+SHALLOW_CLOSED = ("heating", "moistening", "detrained_liquid", "detrained_ice")
+REFERENCE_FLUX = 0.01
 REFERENCE_TIME = 1800.0  # s
 # The version changes with the channels or with the kernel physics behind them, so that a
-# model trained on other channels is refused (2: a shallow cloud's exchange, kernel/README.md
-# step 14).
-LAYOUT_VERSION = 2
+# model trained on other channels is refused (3: a shallow cloud's taper, time scale and
+# closure, kernel/README.md step 14).
+LAYOUT_VERSION = 3
 
 
 def layout() -> dict:
@@ -91,6 +100,14 @@ def kernel_channels(lev: np.ndarray, col: np.ndarray, inputs: dict) -> np.ndarra
         np.multiply(lev[:, kf.LEVEL_FIELDS.index(name)], scale, out=out[:, k])
         if per_depth:
             out[:, k] *= per_100hpa
+    # A shallow cloud's tendencies after MSKF's closure (Kain 2004: the cloud-base mass flux
+    # carries a fixed share of the source layer's mass per time scale), so that the network's
+    # factor for them is near one (kernel/README.md step 14).
+    shallow = field["kind"] == 1
+    base_flux = SHALLOW_EXCHANGE * field["source_depth"] / (c.G * np.maximum(field["time_scale"], 1.0))
+    closure = np.where(shallow, base_flux / REFERENCE_FLUX, 1.0).astype(np.float32)
+    for name in SHALLOW_CLOSED:
+        out[:, KERNEL_INDEX[name]] *= closure[:, None]
     production = field["precipitation_production"]
     time_scale = np.where(convects, field["time_scale"], REFERENCE_TIME)
     values = [field["kind"] == 2, field["kind"] == 1, np.log(time_scale / REFERENCE_TIME),

@@ -101,8 +101,9 @@ def agreement(lev: np.ndarray, col: np.ndarray, reference: dict, dt) -> dict:
     ({wrfout name: (column,) or (column, level)}, with NCA) on the same columns at time step
     ``dt`` (s, scalar or per column): kind of convection; CUBOT and CUTOP where both convect;
     the time scale rounded to whole steps against TIMEC_KF, within one step, where both are
-    deep; the shapes of the drafts' mass exchange (each column divided by its sum, pooled
-    R2, where both are deep and have the draft) and whether both have a downdraft; the initial
+    deep, and within 10 % where both are shallow (it sets MSKF's shallow closure); the shapes
+    of the drafts' mass exchange (each column divided by its sum, pooled R2, where both are
+    deep and have the draft) and whether both have a downdraft; the initial
     tendencies scaled by the best factor per column against MSKF's tendencies (pooled R2).
     The updraft's shapes and the tendencies are scored also where both are shallow
     (``*_shallow_shape_r2``, ``*_shallow_fit_r2``).
@@ -118,6 +119,8 @@ def agreement(lev: np.ndarray, col: np.ndarray, reference: dict, dt) -> dict:
            "cutop": float((col[both, COLUMN_FIELDS.index("top_level")] == reference["CUTOP"][both]).mean()),
            "timec": float((np.abs(timec - reference["TIMEC_KF"])[deep] <= dt[deep] + 1e-3).mean())}
     shallow = (kind == 1) & (truth == 1)
+    ratio = col[shallow, COLUMN_FIELDS.index("time_scale")] / np.maximum(reference["TIMEC_KF"][shallow], 1.0)
+    out["timec_shallow"] = float((np.abs(ratio - 1.0) <= 0.1).mean()) if shallow.any() else 1.0
     for field, name in SHAPES:
         for rows, label in ((deep, ""), (shallow, "_shallow")):
             if label and name.startswith("D"):  # a shallow cloud has no downdraft

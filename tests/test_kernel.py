@@ -25,21 +25,22 @@ CHECK_BUILD = REPO / "emulator" / "build" / "check"
 # what it reaches now, measured over all 40,960 oracle columns (emulator/kernel/README.md has
 # the table per file and the reasons for the gaps). A floor is raised when the kernel improves;
 # it never goes below what was measured.
-TARGETS = {"kind": 0.995, "cubot": 0.99, "cutop": 0.98, "timec": 0.98, "UER_KF_shape_r2": 0.97,
+TARGETS = {"kind": 0.995, "cubot": 0.99, "cutop": 0.98, "timec": 0.98, "timec_shallow": 0.98,
+           "UER_KF_shape_r2": 0.97,
            "UDR_KF_shape_r2": 0.97, "UER_KF_shallow_shape_r2": 0.97, "UDR_KF_shallow_shape_r2": 0.97,
            "DER_KF_shape_r2": 0.97, "DDR_KF_shape_r2": 0.97, "RQVCUTEN_fit_r2": 0.94,
            "RQCCUTEN_fit_r2": 0.92, "RTHCUTEN_fit_r2": 0.60, "RQVCUTEN_shallow_fit_r2": 0.94,
            "RTHCUTEN_shallow_fit_r2": 0.60}
-ORACLE_FLOORS = {"kind": 0.995, "cubot": 0.975, "cutop": 0.915, "timec": 0.73, "UER_KF_shape_r2": 0.95,
-                 "UDR_KF_shape_r2": 0.925, "UER_KF_shallow_shape_r2": 0.90, "UDR_KF_shallow_shape_r2": 0.69,
-                 "DER_KF_shape_r2": 0.97, "DDR_KF_shape_r2": 0.96, "RQVCUTEN_fit_r2": 0.87,
-                 "RQCCUTEN_fit_r2": 0.88, "RTHCUTEN_fit_r2": 0.62, "RQVCUTEN_shallow_fit_r2": 0.92,
-                 "RTHCUTEN_shallow_fit_r2": 0.88}
-AUGMENTED_FLOORS = {"kind": 0.99, "cubot": 0.965, "cutop": 0.915, "timec": 0.68, "UER_KF_shape_r2": 0.955,
-                    "UDR_KF_shape_r2": 0.94, "UER_KF_shallow_shape_r2": 0.85, "UDR_KF_shallow_shape_r2": 0.59,
-                    "DER_KF_shape_r2": 0.975, "DDR_KF_shape_r2": 0.865, "RQVCUTEN_fit_r2": 0.81,
-                    "RQCCUTEN_fit_r2": 0.83, "RTHCUTEN_fit_r2": 0.48, "RQVCUTEN_shallow_fit_r2": 0.89,
-                    "RTHCUTEN_shallow_fit_r2": 0.845}
+ORACLE_FLOORS = {"kind": 0.995, "cubot": 0.975, "cutop": 0.915, "timec": 0.73, "timec_shallow": 0.69,
+                 "UER_KF_shape_r2": 0.95, "UDR_KF_shape_r2": 0.925, "UER_KF_shallow_shape_r2": 0.93,
+                 "UDR_KF_shallow_shape_r2": 0.96, "DER_KF_shape_r2": 0.97, "DDR_KF_shape_r2": 0.96,
+                 "RQVCUTEN_fit_r2": 0.87, "RQCCUTEN_fit_r2": 0.91, "RTHCUTEN_fit_r2": 0.62,
+                 "RQVCUTEN_shallow_fit_r2": 0.95, "RTHCUTEN_shallow_fit_r2": 0.97}
+AUGMENTED_FLOORS = {"kind": 0.99, "cubot": 0.965, "cutop": 0.915, "timec": 0.68, "timec_shallow": 0.60,
+                    "UER_KF_shape_r2": 0.955, "UDR_KF_shape_r2": 0.94, "UER_KF_shallow_shape_r2": 0.91,
+                    "UDR_KF_shallow_shape_r2": 0.92, "DER_KF_shape_r2": 0.975, "DDR_KF_shape_r2": 0.865,
+                    "RQVCUTEN_fit_r2": 0.81, "RQCCUTEN_fit_r2": 0.85, "RTHCUTEN_fit_r2": 0.48,
+                    "RQVCUTEN_shallow_fit_r2": 0.93, "RTHCUTEN_shallow_fit_r2": 0.965}
 REFERENCE = kf.AGREEMENT_OUTPUTS + ("NCA",)
 
 

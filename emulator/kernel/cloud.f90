@@ -1,7 +1,9 @@
 !> The cloud above its equilibrium level (Kain & Fritsch 1993): the updraft's mass flux
 !! falls linearly in pressure from the equilibrium-temperature level to zero at the cloud
 !! top, all of it detraining; entrainment there keeps each level's dilution factor; the
-!! precipitation follows the reduced mass flux.
+!! precipitation follows the reduced mass flux. A shallow cloud's mass flux falls so from its
+!! LCL level, or from its source layer's top where that is higher (measured against MSKF:
+!! kernel/README.md step 14).
 module kernel_cloud
   use kernel_constants
   use kernel_environment
@@ -13,10 +15,11 @@ module kernel_cloud
 
 contains
 
-  subroutine taper(env, src, pl)
+  subroutine taper(env, src, pl, deep)
     type(environment), intent(in) :: env
     type(source_layer), intent(in) :: src
     type(plume), intent(inout) :: pl
+    logical, intent(in) :: deep(:)
     integer :: m, nz, j, k
     real(rk), allocatable :: k_from(:), rate(:), depth(:)
     real(rk) :: inside, at_top, mu_new, eu_new
@@ -24,7 +27,8 @@ contains
     nz = env%nz
     allocate(k_from(m), rate(m), depth(m))
     do j = 1, m
-      k_from(j) = real(max(pl%k_etl(j), src%k_lcl(j) - 1))
+      k_from(j) = real(merge(max(pl%k_etl(j), src%k_lcl(j) - 1), &
+                             max(src%k_lcl(j), src%top(j)), deep(j)))
       depth(j) = 0.0
     end do
     do k = 1, nz

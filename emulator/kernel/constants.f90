@@ -94,6 +94,9 @@ module kernel_constants
   ! MSKF's convective time scale (measured): the velocity scale W^3 = a E V with V from
   ! the surface layer; the advective time DX / V_conv (Kain 2004)
   real(rk), parameter :: tau_a = 0.0571, tau_zol = 0.7592, tau_wstar = 0.0515
+  ! ... and a shallow cloud's, tau_shallow sf E^(-1/3) V^(-1/2) with E at least 1 J/kg
+  ! (measured: kernel/README.md step 14)
+  real(rk), parameter :: tau_shallow = 8505.0, shallow_min_energy = 1.0
   ! MSKF caps its time scale at a day (emulator/constants.py MAX_HOLD)
   real(rk), parameter :: max_hold = 86400.0
 end module kernel_constants

@@ -145,10 +145,10 @@ contains
     integer, intent(in) :: kind(:), chosen(:)
     real(rk), intent(inout) :: lev(:, :, :), col(:, :)
     type(environment) :: penv
-    type(source_layer) :: src, src_sh
-    type(plume) :: pl, shallow
+    type(source_layer) :: src
+    type(plume) :: pl
     type(draft) :: dn
-    integer, allocatable :: idx(:), which(:), sh(:)
+    integer, allocatable :: idx(:), which(:)
     logical, allocatable :: deep(:)
     real(rk), allocatable :: psf(:), pdx(:), phfx(:), pust(:), pzol(:), rain(:, :), production(:), pef(:), &
                              t_adv(:), t_conv(:), v_sub(:), heating(:, :), moistening(:, :), liquid(:, :), ice(:, :)
@@ -179,13 +179,7 @@ contains
     call pack_environment(env, m, idx(1:m), penv)
     call take_candidate(cand, env, m, idx(1:m), which(1:m), src)
     call ascend(penv, [(j, j = 1, m)], src, psf, pdx, pl)
-    ! a shallow cloud keeps the top of that ascent, but exchanges mass with every mixture
-    ! detraining (kernel/README.md step 14): its columns are lifted again
-    sh = pack([(j, j = 1, m)], .not. deep)
-    call take_candidate(cand, env, size(sh), idx(sh), which(sh), src_sh)
-    call ascend(penv, sh, src_sh, psf(sh), pdx(sh), shallow, shallow_top=pl%k_top(sh))
-    call take_profiles(pl, shallow, sh)
-    call taper(penv, src, pl)
+    call taper(penv, src, pl, deep)
     call precipitation(pl, rain)
     do j = 1, m
       production(j) = 0.0
@@ -196,7 +190,7 @@ contains
       end do
     end do
     call precipitation_efficiency(penv, src, pl, pef)
-    call time_scales(penv, src, pl, pdx, psf, phfx, pust, pzol, t_adv, t_conv, v_sub)
+    call time_scales(penv, src, pl, deep, pdx, psf, phfx, pust, pzol, t_adv, t_conv, v_sub)
     call descend(penv, src, pl, deep, pef, production, dn)
     call initial_tendencies(penv, pl, dn, heating, moistening, liquid, ice)
     ! the outputs, field by field (rows of the output in column order)

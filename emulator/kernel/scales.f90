@@ -18,15 +18,17 @@ contains
   !! than the advective time. The velocity scale W, measured against MSKF:
   !! W^3 = tau_a E V with E the dilute buoyant energy and V^2 = u*^2 (1 + tau_zol (-z/L)^(2/3))
   !! + tau_wstar w*^2 the surface layer's velocity scale (w* from HFX over the height of the
-  !! LCL).
-  subroutine time_scales(env, src, pl, dx, sf, hfx, ust, zol, t_adv, t_conv, v_sub)
+  !! LCL). A shallow cloud's time scale does not grow with its depth: tau_shallow sf
+  !! E^(-1/3) V^(-1/2), measured against MSKF (kernel/README.md step 14).
+  subroutine time_scales(env, src, pl, deep, dx, sf, hfx, ust, zol, t_adv, t_conv, v_sub)
     type(environment), intent(in) :: env
     type(source_layer), intent(in) :: src
     type(plume), intent(in) :: pl
+    logical, intent(in) :: deep(:)
     real(rk), intent(in), dimension(:) :: dx, sf, hfx, ust, zol
     real(rk), intent(out), dimension(:) :: t_adv, t_conv, v_sub
     integer :: m, j, k, k5
-    real(rk) :: speed_lcl, speed_5, wstar3, w
+    real(rk) :: speed_lcl, speed_5, wstar3, w, t_cloud
     m = size(dx)
     do j = 1, m
       k5 = 1
@@ -41,7 +43,10 @@ contains
       v_sub(j) = sqrt(ust(j) ** 2 * (1.0 + tau_zol * kpow(max(-zol(j), 1.0e-12), 2.0 / 3.0)) &
                       + tau_wstar * kpow(max(wstar3, 1.0e-12), 2.0 / 3.0))
       w = kpow(max(tau_a * pl%cape(j) * v_sub(j), 1.0e-9), 1.0 / 3.0)
-      t_conv(j) = max(t_adv(j), min(sf(j) * pl%depth(j) / w, max_hold))
+      t_cloud = merge(sf(j) * pl%depth(j) / w, &
+                      tau_shallow * sf(j) / (kpow(max(pl%cape(j), shallow_min_energy), 1.0 / 3.0) &
+                                             * sqrt(max(v_sub(j), 1.0e-3))), deep(j))
+      t_conv(j) = max(t_adv(j), min(t_cloud, max_hold))
     end do
   end subroutine
 

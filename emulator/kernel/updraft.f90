@@ -11,7 +11,7 @@ module kernel_updraft
   use kernel_source
   implicit none
   private
-  public :: plume, ascend, take_profiles
+  public :: plume, ascend
 
   !> The updraft of packed columns: (column, level) profiles, per-column results.
   type :: plume
@@ -32,10 +32,8 @@ contains
   !! from its own LCL level; the columns still rising are kept contiguous (slots), so each
   !! step's loops run only over them. With stop_deep, a column stops as soon as its cloud is
   !! certainly deep (deep is then set): the search needs no more, and no profiles are kept.
-  !! With shallow_top, each column rises to that level with every mixture detraining (the
-  !! exchange of a shallow cloud, kernel/README.md step 14).
   !! cols: the column of env of each packed column.
-  subroutine ascend(env, cols, src, sf, dx, pl, stop_deep, deep, shallow_top)
+  subroutine ascend(env, cols, src, sf, dx, pl, stop_deep, deep)
     type(environment), intent(in) :: env
     integer, intent(in) :: cols(:)
     type(source_layer), intent(in) :: src
@@ -43,14 +41,13 @@ contains
     type(plume), intent(out) :: pl
     logical, intent(in), optional :: stop_deep
     logical, intent(out), optional :: deep(:)
-    integer, intent(in), optional :: shallow_top(:)
     integer :: m, mp, nz, j, k, s, na, last
     ! per slot: the column, its level, and the parcel's state
     integer, allocatable, dimension(:) :: lane, kc, k_lcl, top, k_etl, k_top
     real(rk), allocatable, dimension(:) :: te_u, qv_u, ql_u, qi_u, t_prev, tv_prev, tvc_prev, tve_prev, &
                                            z_prev, w2, mass, rei_prev, upold_prev, fe_prev, fd_prev, &
                                            radius, exhausted, certain, cape, min_depth, z_lcl, &
-                                           fall_rate, reach
+                                           fall_rate
     ! per slot: the environment at its level and this step's results
     real(rk), allocatable, dimension(:) :: p, lnp, z, tv_e, te_e, q_e, t_e, dp, dz, tu, qv, ql, qi, te, &
                                            new_l, new_i, w2_new, fall_l, fall_i, tv_u, tvc_u, dilbe, &
@@ -71,7 +68,7 @@ contains
     allocate(te_u(m), qv_u(m), ql_u(m), qi_u(m), t_prev(m), tv_prev(m), tvc_prev(m), tve_prev(m), &
              z_prev(m), w2(m), mass(m), rei_prev(m), upold_prev(m), fe_prev(m), fd_prev(m), &
              radius(m), exhausted(m), certain(m), cape(m), min_depth(m), z_lcl(m), &
-             fall_rate(m), reach(m))
+             fall_rate(m))
     allocate(p(m), lnp(m), z(m), tv_e(m), te_e(m), q_e(m), t_e(m), dp(m), dz(m), tu(m), qv(m), ql(m), &
              qi(m), te(m), new_l(m), new_i(m), w2_new(m), fall_l(m), fall_i(m), tv_u(m), tvc_u(m), &
              dilbe(m), buoyant(m), chi(m), ent(m), det(m), keep(m), done(m), t_guess(m), lapse(m))
@@ -125,8 +122,6 @@ contains
       rho_lcl = src%p_lcl(j) / (r_d * src%tv_env_lcl(j))
       exhausted(j) = exhausted_flux / (rho_lcl * updraft_area * dx(j) ** 2 * pl%w_lcl(j))
       fall_rate(j) = fallout_rate / kpow(sf(j), fallout_sf_power)
-      reach(j) = 0.0
-      if (present(shallow_top)) reach(j) = real(shallow_top(j))
       mass(j) = 1.0
       rei_prev(j) = 0.0
       upold_prev(j) = 1.0
@@ -181,15 +176,11 @@ contains
       call rise(na, p, lnp, t_prev, t_guess, te, qv, ql, qi, tu, new_l, new_i)
       call accelerate(na, fall_rate, dz, tv_e, tu, qv, ql, qi, new_l, new_i, tv_prev, tvc_prev, tve_prev, &
                       rei_prev, upold_prev, w2, w2_new, tv_u, tvc_u, dilbe, buoyant, fall_l, fall_i)
-      if (present(shallow_top)) then  ! every mixture detrains: no sorting needed
-        chi(1:na) = 0.0
-      else
-        call sort_mixtures(na, te, qv, ql, qi, tvc_u, tu, buoyant, te_e, q_e, p, lnp, tv_e, t_e, chi)
-      end if
+      call sort_mixtures(na, te, qv, ql, qi, tvc_u, tu, buoyant, te_e, q_e, p, lnp, tv_e, t_e, chi)
       do s = 1, na
         lapse(s) = max(min((t_prev(s) - tu(s)) / dz(s), 0.0098), 0.0)
       end do
-      call exchange(na, dp, radius, buoyant, reach, chi, w2_new, exhausted, dilbe, tu, tv_u, tvc_u, tv_e, z, &
+      call exchange(na, dp, radius, buoyant, chi, w2_new, exhausted, dilbe, tu, tv_u, tvc_u, tv_e, z, &
                     te, qv, ql, qi, te_e, q_e, kc, k_lcl, top, z_lcl, min_depth, stop, &
                     fe_prev, fd_prev, rei_prev, upold_prev, mass, w2, te_u, qv_u, ql_u, qi_u, t_prev, &
                     tv_prev, tvc_prev, tve_prev, z_prev, cape, certain, k_etl, k_top, ent, det, keep, done)
@@ -258,7 +249,7 @@ contains
       tve_prev(s) = tve_prev(last); z_prev(s) = z_prev(last); w2(s) = w2(last); mass(s) = mass(last)
       rei_prev(s) = rei_prev(last); upold_prev(s) = upold_prev(last); fe_prev(s) = fe_prev(last)
       fd_prev(s) = fd_prev(last); radius(s) = radius(last); exhausted(s) = exhausted(last)
-      fall_rate(s) = fall_rate(last); reach(s) = reach(last)
+      fall_rate(s) = fall_rate(last)
       certain(s) = certain(last); cape(s) = cape(last); min_depth(s) = min_depth(last)
       z_lcl(s) = z_lcl(last); lapse(s) = lapse(last)
       keep(s) = keep(last); done(s) = done(last)
@@ -271,12 +262,12 @@ contains
   !! 1993), whether the parcel completes the level (keep) or stops below it (done: no kinetic
   !! energy left, or all its mass detrains), and the state it takes to the next level:
   !! mixing with the entrained environmental air.
-  subroutine exchange(na, dp, radius, buoyant, reach, chi, w2_new, exhausted, dilbe, tu, tv_u, tvc_u, tv_e, z, &
+  subroutine exchange(na, dp, radius, buoyant, chi, w2_new, exhausted, dilbe, tu, tv_u, tvc_u, tv_e, z, &
                       te, qv, ql, qi, te_e, q_e, kc, k_lcl, top, z_lcl, min_depth, stop, &
                       fe_prev, fd_prev, rei_prev, upold_prev, mass, w2, te_u, qv_u, ql_u, qi_u, t_prev, &
                       tv_prev, tvc_prev, tve_prev, z_prev, cape, certain, k_etl, k_top, ent, det, keep, done)
     integer, intent(in) :: na
-    real(rk), intent(in), dimension(na) :: dp, radius, buoyant, reach, chi, w2_new, exhausted, dilbe, tu, tv_u, &
+    real(rk), intent(in), dimension(na) :: dp, radius, buoyant, chi, w2_new, exhausted, dilbe, tu, tv_u, &
                                            tvc_u, tv_e, z, te, qv, ql, qi, te_e, q_e, z_lcl, min_depth
     integer, intent(in), dimension(na) :: kc, k_lcl, top
     real(rk), intent(in) :: stop
@@ -285,24 +276,16 @@ contains
                                               certain
     integer, intent(inout), dimension(na) :: k_etl, k_top
     real(rk), intent(out), dimension(na) :: ent, det, keep, done
-    real(rk) :: rei, sorted, fe, fd, ends, stalls, upold, upnew, rf, w
-    logical :: second
+    real(rk) :: rei, fe, fd, ends, stalls, upold, upnew, rf, w
     integer :: s, ik
     do s = 1, na
-      ! a shallow cloud's second ascent (reach set; README step 14): every mixture detrains,
-      ! the mixing rate scales with the mass flux the layer receives, and the cloud rises to
-      ! the given top whatever its velocity, keeping some of its mass
-      second = reach(s) > 0.0
-      rei = mixing_coefficient * dp(s) / radius(s) * merge(mass(s), 1.0, second)
-      sorted = merge(0.0, buoyant(s), second)
-      fe = max(sorted * 2.0 * mixed_fraction(chi(s)), min_entrained)
-      fd = detrain_factor * (sorted * 2.0 * mixed_fraction(1.0 - chi(s)) + (1.0 - sorted))
+      rei = mixing_coefficient * dp(s) / radius(s)
+      fe = max(buoyant(s) * 2.0 * mixed_fraction(chi(s)), min_entrained)
+      fd = detrain_factor * (buoyant(s) * 2.0 * mixed_fraction(1.0 - chi(s)) + (1.0 - buoyant(s)))
       ent(s) = 0.5 * rei * (fe_prev(s) + fe)
       det(s) = 0.5 * rei * (fd_prev(s) + fd)
-      det(s) = merge(min(det(s), 0.999 * mass(s)), det(s), second)
-      stalls = merge(0.0, above(1.0e-3, w2_new(s)), second)
-      ends = merge(merge(1.0, 0.0, real(kc(s)) > reach(s)), &
-                   max(stalls, above(exhausted(s), mass(s) - det(s))), second)
+      stalls = above(1.0e-3, w2_new(s))
+      ends = max(stalls, above(exhausted(s), mass(s) - det(s)))
       done(s) = ends
       w = 1.0 - ends
       keep(s) = w
@@ -493,24 +476,4 @@ contains
     erf_as = sign(1.0 - t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 &
                  + t * 1.061405429)))) * kexp(-a * a), x)
   end function
-
-  !> The profiles of plume b (packed columns 1, 2, ...) into the rows of plume a that rows
-  !! gives (their tops, equilibrium levels and energies stay a's).
-  subroutine take_profiles(a, b, rows)
-    type(plume), intent(inout) :: a
-    type(plume), intent(in) :: b
-    integer, intent(in) :: rows(:)
-    integer :: j, k, r
-    do k = 1, size(a%mu, 2)
-      do j = 1, size(rows)
-        r = rows(j)
-        a%mu(r, k) = b%mu(j, k); a%eu(r, k) = b%eu(j, k); a%du(r, k) = b%du(j, k)
-        a%t(r, k) = b%t(j, k); a%qv(r, k) = b%qv(j, k); a%ql(r, k) = b%ql(j, k)
-        a%qi(r, k) = b%qi(j, k); a%tv(r, k) = b%tv(j, k); a%tvc(r, k) = b%tvc(j, k)
-        a%w2(r, k) = b%w2(j, k); a%fall_l(r, k) = b%fall_l(j, k); a%fall_i(r, k) = b%fall_i(j, k)
-        a%dilution(r, k) = b%dilution(j, k); a%det_l(r, k) = b%det_l(j, k)
-        a%det_i(r, k) = b%det_i(j, k); a%mu_in(r, k) = b%mu_in(j, k)
-      end do
-    end do
-  end subroutine
 end module kernel_updraft
