@@ -135,10 +135,11 @@ def agreement(lev: np.ndarray, col: np.ndarray, reference: dict, dt) -> dict:
             out[f"{name}{label}_columns"] = int(use.sum())
             out[f"{name}{label}_presence"] = float((has_a == has_b).mean()) if len(has_a) else 1.0
     for field, name in PROFILES:
+        truth_profile = reference[name].astype(np.float64)
+        fires = np.abs(truth_profile).sum(axis=1) > 0
         for rows, label in ((kind > 0, ""), (shallow, "_shallow")):
-            b = reference[name].astype(np.float64)
-            use = rows & (np.abs(b).sum(axis=1) > 0)
-            a, b = lev[use, LEVEL_FIELDS.index(field)].astype(np.float64), b[use]
+            use = rows & fires
+            a, b = lev[use, LEVEL_FIELDS.index(field)].astype(np.float64), truth_profile[use]
             fit = (a * b).sum(axis=1, keepdims=True) / np.maximum((a * a).sum(axis=1, keepdims=True), 1e-30)
             out[f"{name}{label}_fit_r2"] = _r2(fit * a, b)
     return out
