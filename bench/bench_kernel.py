@@ -11,9 +11,9 @@ JSON lines.
 * ``agreement`` (with ``--agreement``): the kernel against WRF's own MSKF_CPS stored in the
   oracle files, per file and pooled (``updraft.agreement``: kind of convection, CUBOT, CUTOP,
   TIMEC within one time step, the drafts' mass-exchange shapes, the initial tendencies'
-  profiles); with ``--augmented DIR``, also on labelled files made by ``mlcu augment`` (their
-  MSKF outputs are recomputed with ``training.mskf.run_mskf``, which needs the mskf_columns
-  program).
+  profiles); with ``--augmented DIR``, also on files made by ``mlcu augment`` or on WRF
+  history frames (MSKF's outputs recomputed with ``training.mskf.run_mskf``, which needs the
+  mskf_columns program; the kernel is given W0AVG as MSKF updates it before its trigger).
 
     OMP_NUM_THREADS=1 python bench/bench_kernel.py [--oracle DIR] [--repeat N] [--agreement]
                                                    [--augmented DIR]
@@ -66,6 +66,7 @@ def augmented_columns(path) -> tuple[dict, dict, float]:
     dx, dt = float(frame.attrs["DX"]), float(frame.attrs["DT"])
     inputs = mskf.column_inputs(frame)
     truth = mskf.run_mskf(inputs, dx, dt)
+    inputs["W0AVG"] = mskf.w0avg_seen(inputs)
     inputs["DX"] = np.full(len(inputs["T_PHY"]), dx, np.float32)
     return inputs, truth, dt
 

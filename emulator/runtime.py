@@ -486,10 +486,15 @@ class _Tile:
 
 
 def update_w0avg(tile: _Tile, stepcu: int, dt: float, cudt: float, adapt_step: bool) -> None:
-    """MSKF's running mean of w at mass levels, on every column of the tile, in the array's
-    precision."""
-    w = tile.view3("W", tile.n_levels + 1)
+    """MSKF's running mean of w at mass levels, on every column of the tile, in place."""
     w0avg = tile.view3("W0AVG", tile.n_levels)
+    w0avg[...] = running_w0avg(w0avg, tile.view3("W", tile.n_levels + 1), stepcu, dt, cudt, adapt_step)
+
+
+def running_w0avg(w0avg: np.ndarray, w: np.ndarray, stepcu: int, dt: float, cudt: float,
+                  adapt_step: bool) -> np.ndarray:
+    """W0AVG after one call of MSKF, in the array's precision: ``w0avg`` at mass levels and
+    ``w`` at full levels on the last axis."""
     kind = w0avg.dtype.type
     if adapt_step:
         den = 2.0 * max(cudt * 60.0, dt)
@@ -497,8 +502,8 @@ def update_w0avg(tile: _Tile, stepcu: int, dt: float, cudt: float, adapt_step: b
     else:
         den = 2.0 * max(1, int(stepcu))
         old_weight, new_weight = den - 1.0, 1.0
-    w0 = kind(0.5) * (w[:, :, :-1] + w[:, :, 1:])
-    w0avg[...] = (w0avg * kind(old_weight) + w0 * kind(new_weight)) / kind(den)
+    w0 = kind(0.5) * (w[..., :-1] + w[..., 1:])
+    return (w0avg * kind(old_weight) + w0 * kind(new_weight)) / kind(den)
 
 
 def reset(tile: _Tile, cols: np.ndarray) -> None:

@@ -60,6 +60,16 @@ def run_mskf(inputs: dict, dx: float, dt: float, exe=None) -> dict:
     return _call(inputs, dx, dt, exe, 1)[0]
 
 
+def w0avg_seen(inputs: dict) -> np.ndarray:
+    """W0AVG as ``run_mskf``'s MSKF_CPS uses it: after its own update with the columns' W
+    (STEPCU 1). The kernel, compared with ``run_mskf``, must be given this value. Columns
+    made by ``mlcu augment`` hold the layer mean of W already (the update changes nothing);
+    history frames do not."""
+    from emulator.runtime import running_w0avg
+
+    return running_w0avg(inputs["W0AVG"], inputs["W"], stepcu=1, dt=0.0, cudt=0.0, adapt_step=False)
+
+
 def time_mskf(inputs: dict, dx: float, dt: float, exe=None, repeat: int = 5) -> float:
     """Wall time (s) of the fastest of ``repeat`` MSKF_CPS calls on ``inputs`` (as ``run_mskf``)."""
     stdout = _call(inputs, dx, dt, exe, repeat)[1]
