@@ -58,19 +58,6 @@ def oracle_columns(path) -> tuple[dict, dict, float]:
     return inputs, truth, float(ref.attrs["DT"])
 
 
-def augmented_columns(path) -> tuple[dict, dict, float]:
-    from training import mskf
-    from training.wrfout import open_wrfout
-
-    frame = open_wrfout(path, chunks=None, time=0, outputs=False)
-    dx, dt = float(frame.attrs["DX"]), float(frame.attrs["DT"])
-    inputs = mskf.column_inputs(frame)
-    truth = mskf.run_mskf(inputs, dx, dt)
-    inputs["W0AVG"] = mskf.w0avg_seen(inputs)
-    inputs["DX"] = np.full(len(inputs["T_PHY"]), dx, np.float32)
-    return inputs, truth, dt
-
-
 def best_of(fn, repeat: int) -> tuple[float, float]:
     """The fastest of ``repeat`` calls: (wall-clock seconds, this process's CPU seconds; on a
     loaded machine the CPU time is the fairer figure)."""
@@ -150,7 +137,9 @@ def main() -> None:
         for row in agreement(files, oracle_columns, "oracle"):
             print(json.dumps(row), flush=True)
     if args.augmented:
-        for row in agreement(sorted(glob.glob(os.path.join(args.augmented, "*.nc"))), augmented_columns,
+        from training.mskf import labelled_columns
+
+        for row in agreement(sorted(glob.glob(os.path.join(args.augmented, "*.nc"))), labelled_columns,
                              "augmented"):
             print(json.dumps(row), flush=True)
 

@@ -248,25 +248,12 @@ def augmented_files(oracle_files, mskf_program, tmp_path_factory):
     return files
 
 
-def labelled_columns(path, exe) -> tuple[dict, dict, float]:
-    """The kernel's inputs of a wrfout-like file (W0AVG as MSKF updates it before its
-    trigger), WRF's MSKF outputs for them (``run_mskf``), DT."""
-    from training import mskf
-    from training.wrfout import open_wrfout
-
-    frame = open_wrfout(path, chunks=None, time=0, outputs=False)
-    dx, dt = float(frame.attrs["DX"]), float(frame.attrs["DT"])
-    inputs = mskf.column_inputs(frame)
-    truth = mskf.run_mskf(inputs, dx, dt, exe)
-    inputs["W0AVG"] = mskf.w0avg_seen(inputs)
-    inputs["DX"] = np.full(len(inputs["T_PHY"]), dx, np.float32)
-    return inputs, truth, dt
-
-
 def test_the_kernel_agrees_with_wrf_mskf_on_perturbed_regridded_columns(augmented_files, mskf_program):
+    from training import mskf
+
     parts, grids = [], set()
     for path in augmented_files:
-        inputs, truth, dt = labelled_columns(path, mskf_program)
+        inputs, truth, dt = mskf.labelled_columns(path, mskf_program)
         grids.add(inputs["T_PHY"].shape[1])
         parts.append((f"{path.name} (DX {inputs['DX'][0] / 1000:.1f} km, {inputs['T_PHY'].shape[1]} levels)",
                       *kf.diagnose(inputs), truth, dt))
@@ -280,9 +267,11 @@ def test_the_kernel_agrees_with_wrf_mskf_on_wrf_history_frames(ideal_files, mskf
     files do not have), three frames labelled by WRF's MSKF as they are; the kernel is given
     W0AVG after MSKF's own update (without it the kind of convection agrees in 0.978-0.991
     of the columns)."""
+    from training import mskf
+
     parts = []
     for path in ideal_files[::3]:
-        inputs, truth, dt = labelled_columns(path, mskf_program)
+        inputs, truth, dt = mskf.labelled_columns(path, mskf_program)
         parts.append((path.name, *kf.diagnose(inputs), truth, dt))
     pooled, rows = _scored(parts)
     _check(pooled, rows, HISTORY_FLOORS, "WRF history frames (wrf_ideal)")

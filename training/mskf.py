@@ -60,14 +60,23 @@ def run_mskf(inputs: dict, dx: float, dt: float, exe=None) -> dict:
     return _call(inputs, dx, dt, exe, 1)[0]
 
 
-def w0avg_seen(inputs: dict) -> np.ndarray:
-    """W0AVG as ``run_mskf``'s MSKF_CPS uses it: after its own update with the columns' W
-    (STEPCU 1). The kernel, compared with ``run_mskf``, must be given this value. Columns
-    made by ``mlcu augment`` hold the layer mean of W already (the update changes nothing);
-    history frames do not."""
+def labelled_columns(path, exe=None) -> tuple[dict, dict, float]:
+    """The columns of a wrfout-like file (``mlcu augment`` output or a WRF history frame) as
+    the convection kernel takes them, MSKF's outputs for them (``run_mskf``) and DT. The
+    kernel is given W0AVG as MSKF_CPS uses it: after its own update with the columns' W
+    (STEPCU 1). ``mlcu augment`` output holds the layer mean of W already (the update changes
+    nothing); history frames do not."""
     from emulator.runtime import running_w0avg
+    from training.wrfout import open_wrfout
 
-    return running_w0avg(inputs["W0AVG"], inputs["W"], stepcu=1, dt=0.0, cudt=0.0, adapt_step=False)
+    frame = open_wrfout(path, chunks=None, time=0, outputs=False)
+    dx, dt = float(frame.attrs["DX"]), float(frame.attrs["DT"])
+    inputs = column_inputs(frame)
+    truth = run_mskf(inputs, dx, dt, exe)
+    inputs["W0AVG"] = running_w0avg(inputs["W0AVG"], inputs["W"], stepcu=1, dt=dt, cudt=0.0,
+                                    adapt_step=False)
+    inputs["DX"] = np.full(len(inputs["T_PHY"]), dx, np.float32)
+    return inputs, truth, dt
 
 
 def time_mskf(inputs: dict, dx: float, dt: float, exe=None, repeat: int = 5) -> float:
