@@ -15,7 +15,9 @@ Two designs (``design``):
   updraft and downdraft written for this project) decides what MSKF decides by rule, and the
   network learns the rest. TRIGGER is the kernel's cloud (deep or shallow); CUBOT and CUTOP
   are its cloud base (LCL) and top; NCA is MSKF's advective time scale from that cloud base
-  (``advective_time``); every level output above the cloud top is zero, and the ice outputs
+  (``advective_time``); every level output above the cloud top is zero, the cloud fields
+  (cloud fractions, QC_CU, QI_CU) outside the cloud (below its base too; the deep cloud
+  fraction from the level under it), and the ice outputs
   (RQICUTEN, QI_CU) at levels warmer than freezing. RTHCUTEN, RQVCUTEN
   and RQCCUTEN are the kernel's initial tendencies scaled by a factor per column that the
   column head predicts (MSKF's closure scales fixed profiles), plus the per-level head's
@@ -50,6 +52,11 @@ RULE_OUTPUTS = ("NCA", "CUTOP", "CUBOT")
 # between -5 and -25 C, Kain & Fritsch 1993; in the oracle test columns under 0.01 % of
 # |RQICUTEN| and of QI_CU lies at levels warmer than 0 C).
 FROZEN_OUTPUTS = ("RQICUTEN", "QI_CU")
+# The cumulus cloud that radiation sees lies in the cloud, from its base (the LCL level) to its
+# top, and a deep cloud's fraction from the level under its base: in the oracle files none of
+# CLDFRA_SH, under 0.01 % of QC_CU and QI_CU and 0.17 % of CLDFRA_DP lie lower (0.73 % of
+# CLDFRA_DP at the level under CUBOT). {output: levels under the base it may fill}
+CLOUD_OUTPUTS = {"CLDFRA_DP": 1, "CLDFRA_SH": 0, "QC_CU": 0, "QI_CU": 0}
 
 
 @dataclass
@@ -166,6 +173,7 @@ class CumulusLSTM(nn.Module):
             top = (in_cloud * levels).max(dim=1, keepdim=True).values
             below_top = (levels <= top).float()
             freezing = (inputs["T_PHY"] <= c.SVPT0).float()
+            cloud = {0: in_cloud, 1: torch.maximum(in_cloud, nn.functional.pad(in_cloud[:, 1:], (0, 1)))}
         else:
             out[self.trigger], column = column[:, 0], column[:, 1:]
         live = self.target_live
@@ -178,6 +186,8 @@ class CumulusLSTM(nn.Module):
                 value = value * below_top
                 if name in FROZEN_OUTPUTS:
                     value = value * freezing
+                if name in CLOUD_OUTPUTS:
+                    value = value * cloud[CLOUD_OUTPUTS[name]]
             out[name] = value * live[k]
         for k, name in enumerate(self.column_outputs):
             out[name] = column[:, k] * live[len(self.level_outputs) + k]

@@ -61,7 +61,8 @@ def test_advective_time_from_the_cloud_base_is_mskf_nca(oracle_files):
 
 def test_kernel_design_takes_mskf_rules_from_the_kernel(oracle_store):
     """TRIGGER, CUBOT, CUTOP and NCA are the kernel's cloud, base, top and MSKF's advective
-    time; no level output above the cloud top, no ice where the air is above freezing."""
+    time; no level output above the cloud top, no cloud field below the cloud base (the deep
+    cloud fraction: below the level under it), no ice where the air is above freezing."""
     model = _model(oracle_store)
     batch = ft.with_kernel(_batch(oracle_store, 512))
     out = model.physical(model(batch), batch)
@@ -79,6 +80,9 @@ def test_kernel_design_takes_mskf_rules_from_the_kernel(oracle_store):
     above = np.arange(1, 45)[None, :] > out["CUTOP"].numpy()[:, None]
     for name in model.level_outputs:
         assert not out[name].numpy()[above].any(), name
+    for name, under in (("CLDFRA_DP", 1), ("CLDFRA_SH", 0), ("QC_CU", 0), ("QI_CU", 0)):
+        below = np.arange(1, 45)[None, :] < out["CUBOT"].numpy()[:, None] - under
+        assert below[fires].any() and not out[name].numpy()[below].any(), name
     warm = batch["T_PHY"].numpy() > 273.15
     assert warm[fires].any() and (~warm[fires]).any()
     for name in ("RQICUTEN", "QI_CU"):
