@@ -16,13 +16,12 @@ Two designs (``design``):
   network learns the rest. TRIGGER is the kernel's cloud (deep or shallow); CUBOT and CUTOP
   are its cloud base (LCL) and top; NCA is MSKF's advective time scale from that cloud base
   (``advective_time``); every level output above the cloud top is zero, the cloud fields
-  (cloud fractions, QC_CU, QI_CU) outside the cloud (below its base too; the deep cloud
-  fraction from the level under it), and the ice outputs
-  (RQICUTEN, QI_CU) at levels warmer than freezing. RTHCUTEN, RQVCUTEN
-  and RQCCUTEN are the kernel's initial tendencies scaled by a factor per column that the
-  column head predicts (MSKF's closure scales fixed profiles), plus the per-level head's
-  output (the reshaping by MSKF's time integration); the other profiles and PRATEC are the
-  heads' outputs.
+  (cloud fractions, QC_CU, QI_CU) below the cloud base (the deep cloud fraction below the
+  level under it), and the ice outputs (RQICUTEN, QI_CU) at levels warmer than freezing.
+  RTHCUTEN, RQVCUTEN and RQCCUTEN are the kernel's initial tendencies scaled by a factor per
+  column that the column head predicts (MSKF's closure scales fixed profiles), plus the
+  per-level head's output (the reshaping by MSKF's time integration); the other profiles and
+  PRATEC are the heads' outputs.
 * ``seed``: the seed paper's design (Zhong, Yu & Li, GMD 2024) for comparison: the contract
   inputs over their largest training magnitudes, a learned trigger, every output regressed.
 
@@ -54,7 +53,7 @@ RULE_OUTPUTS = ("NCA", "CUTOP", "CUBOT")
 FROZEN_OUTPUTS = ("RQICUTEN", "QI_CU")
 # The cumulus cloud that radiation sees lies in the cloud, from its base (the LCL level) to its
 # top, and a deep cloud's fraction from the level under its base: in the oracle files none of
-# CLDFRA_SH, under 0.01 % of QC_CU and QI_CU and 0.17 % of CLDFRA_DP lie lower (0.73 % of
+# CLDFRA_SH, under 0.01 % of QC_CU and QI_CU and 0.16 % of CLDFRA_DP lie lower (0.73 % of
 # CLDFRA_DP at the level under CUBOT). {output: levels under the base it may fill}
 CLOUD_OUTPUTS = {"CLDFRA_DP": 1, "CLDFRA_SH": 0, "QC_CU": 0, "QI_CU": 0}
 

@@ -69,8 +69,10 @@ def test_training_resumes_after_sigkill_to_the_same_weights(store, tmp_path):
 
 
 def test_ddp_with_two_processes_trains_as_one(store, tmp_path):
-    """Two data-parallel processes see the same columns per step as one process: the same
-    training up to the order of sums (measured: validation loss 0.5492 against 0.5476)."""
+    """Two data-parallel processes see the same columns per step as one process, with the same
+    wind rotations and the same mean over the step's convecting columns: the same training up
+    to the order of sums (measured: validation loss 0.47960 against 0.47959; with each rank's
+    own rotations and its own mean, 0.4914 against 0.4796)."""
     run, single = tmp_path / "ddp", tmp_path / "single"
     launcher = (str(BIN / "torchrun"), "--standalone", "--nproc_per_node=2", str(BIN / "mlcu"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -80,7 +82,7 @@ def test_ddp_with_two_processes_trains_as_one(store, tmp_path):
     assert subprocess.run(train_cmd(store, single, "epochs=2"), capture_output=True).returncode == 0
     ddp, one = (json.loads((r / "metrics.json").read_text()) for r in (run, single))
     assert len(ddp) == 2 and ddp[-1]["val_loss"] < 0.95 * ddp[0]["val_loss"]
-    assert ddp[-1]["val_loss"] == pytest.approx(one[-1]["val_loss"], rel=0.02)
+    assert ddp[-1]["val_loss"] == pytest.approx(one[-1]["val_loss"], rel=1e-3)
     assert build_model(run).state_dict().keys() == build_model(single).state_dict().keys()
 
 

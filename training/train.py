@@ -152,12 +152,13 @@ def convecting(model: CumulusLSTM, batch: dict) -> torch.Tensor:
     return mask.float()
 
 
-def training_batch(model: CumulusLSTM, batch: dict, cfg: "TrainConfig", turns=None) -> dict:
-    """A batch as the network learns from it: winds turned (with a generator ``turns``), and
-    for the kernel design the kernel's channels added and only the convecting columns kept
-    (the others take no part in the loss)."""
+def training_batch(model: CumulusLSTM, batch: dict, cfg: "TrainConfig", turns=None, rank: int = 0,
+                   world: int = 1) -> dict:
+    """A batch as the network learns from it: winds turned (with a generator ``turns``; this
+    rank's share of ``world``), and for the kernel design the kernel's channels added and only
+    the convecting columns kept (the others take no part in the loss)."""
     if cfg.rotate_winds and turns is not None:
-        batch = rotate_winds(batch, turns)
+        batch = rotate_winds(batch, turns, rank, world)
     if model.kernel:
         batch = ft.with_kernel(batch)
         keep = convecting(model, batch) > 0
@@ -210,7 +211,14 @@ def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig,
     # Mean over convecting columns (and levels), written as a weighted sum so that every
     # parameter takes part in every step, as data-parallel training requires.
     mask = convecting(model, batch)
-    denominator = mask.sum().clamp(min=1.0)
+    count = mask.sum()
+    if torch.is_grad_enabled() and dist.is_initialized():
+        # Data-parallel training averages the ranks' gradients: each rank divides by the ranks'
+        # mean count, so that the step is the mean over all ranks' convecting columns.
+        count = count.detach().clone()
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    denominator = count.clamp(min=1.0)
     if weights:  # the kernel's kind of each column
         flags = {kind: batch[ft.KERNEL_INPUT][:, ft.KERNEL_INDEX[kind], 0] for kind in ("deep", "shallow")}
     regression = out[trigger].new_zeros(())
@@ -236,10 +244,12 @@ def loss_terms(model: CumulusLSTM, out: dict, batch: dict, cfg: TrainConfig,
 WIND_PAIRS = (("U_PHY", "V_PHY"), ("RUCUTEN", "RVCUTEN"))
 
 
-def rotate_winds(batch: dict, generator: torch.Generator) -> dict:
-    """The batch with every column's (u, v) input and tendency pairs turned by one random angle."""
+def rotate_winds(batch: dict, generator: torch.Generator, rank: int = 0, world: int = 1) -> dict:
+    """The batch with every column's (u, v) input and tendency pairs turned by one random angle.
+    Under data parallelism the batch is rank ``rank``'s share (every ``world``-th column) of
+    the step's columns, which get the angles one process would give them."""
     n = len(next(iter(batch.values())))
-    angle = torch.rand(n, 1, generator=generator) * (2.0 * math.pi)
+    angle = torch.rand(n * world, 1, generator=generator)[rank::world] * (2.0 * math.pi)
     cos, sin = torch.cos(angle), torch.sin(angle)
     out = dict(batch)
     for u, v in WIND_PAIRS:
@@ -370,13 +380,13 @@ def train(cfg: TrainConfig, store_path, run_dir, config_text: str, init_from=Non
     while state["epoch"] < cfg.epochs and state["stale"] < cfg.patience:
         epoch = state["epoch"]
         train_data.set_epoch(epoch)
-        turns = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rank)
+        turns = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009)
         started, seen, learned, running = time.perf_counter(), 0, 0, 0.0
         bar = tqdm(train_data, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not progress or rank != 0, leave=False)
         for batch in bar:
             seen += len(batch[model.trigger])
-            batch = training_batch(model, batch, cfg, turns)
+            batch = training_batch(model, batch, cfg, turns, rank, world)
             if len(batch[model.trigger]) == 0:
                 continue
             batch = {k: v.to(device) for k, v in batch.items()}
